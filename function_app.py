@@ -1,0 +1,18 @@
+"""The tuneflow Function App (Python v2 model): one blueprint per function in `functions/`.
+
+Heavy libraries (azure-ai-ml, torch, transformers, mlflow, pyarrow) are imported only inside the
+code that needs them: the worker imports this file, and so every function, at cold start.
+"""
+
+import logging
+
+import azure.functions as func
+
+from functions import data_arrival, deploy, job_events, reaper, submit
+from shared.observability import FlowIdFilter
+
+logging.getLogger().addFilter(FlowIdFilter())
+
+app = func.FunctionApp()
+for module in (data_arrival, submit, job_events, deploy, reaper):
+    app.register_functions(module.bp)

@@ -1,0 +1,1 @@
+"""One blueprint per function: decode the trigger, call `shared`, emit the output."""

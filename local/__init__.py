@@ -1,0 +1,1 @@
+"""The local stand-ins: Functions host, Azurite launcher, training job, scoring server, CLI."""

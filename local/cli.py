@@ -1,0 +1,221 @@
+"""`tuneflow`: run the local stack, drop data, follow flows, chat with endpoints, reap.
+
+Errors print one line first (what was wrong, where, what to do); `--verbose` adds the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+def cmd_up(args) -> int:
+    from local.stack import LocalStack
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalStack(port=args.port) as stack:
+        table = Table(title="tuneflow local stack")
+        table.add_column("function")
+        table.add_column("trigger")
+        for spec in stack.host.functions.values():
+            t = spec.trigger
+            table.add_row(spec.name, f"{t['type']} {t.get('path') or t.get('queueName') or t.get('schedule') or ''}")
+        console.print(table)
+        console.print(f"host: {stack.host.base_url}   Event Grid: {stack.host.base_url}/runtime/webhooks/EventGrid"
+                      f"?functionName=job_events   (Ctrl-C stops everything)")
+        stop.wait()
+    return 0
+
+
+def cmd_drop(args) -> int:
+    from shared import naming, storage
+    from shared.contracts import DATASETS_CONTAINER
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path} is not a file: give the path of a .jsonl, .json or .parquet dataset")
+    dataset = args.dataset or naming.slug(path.stem, 40)
+    blob = f"{dataset}/{path.name}"
+    naming.dataset_blob(blob)  # refuse bad names before uploading anything
+    with open(path, "rb") as f:
+        storage.container(DATASETS_CONTAINER).upload_blob(blob, f, overwrite=True)
+    console.print(f"dropped {path} as {DATASETS_CONTAINER}/{blob}; follow it with `tuneflow status`")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from shared import flows, storage
+    from shared.contracts import FLOWS_CONTAINER
+    statuses = flows.summarize(flows.read_all(storage.container(FLOWS_CONTAINER)))
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+        return 0
+    table = Table(title="tuneflow flows")
+    for col in ("dataset", "stage", "job", "model", "endpoint", "expires-at"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(s.dataset, s.stage, s.job, s.model, s.endpoint, s.expires_at)
+    console.print(table)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from shared.ml import get_backend
+    from shared.scoring import reply_text, request_body
+    answer = get_backend().invoke(args.endpoint, request_body([{"role": "user", "content": args.message}]))
+    console.print(reply_text(answer))
+    return 0
+
+
+def cmd_sample_data(args) -> int:
+    from local import sampledata
+    if args.rows < 1:
+        raise UsageError(f"--rows {args.rows}: give at least 1 row")
+    path = sampledata.write(Path(args.out), args.rows, seed=args.seed)
+    console.print(f"wrote {args.rows} ultrachat-shaped rows to {path}")
+    return 0
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--param {text!r} is not KEY=VALUE (e.g. --param learning_rate=0.0002)")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if not isinstance(value, (str, int, float, bool)):
+        value = raw
+    return key, value
+
+
+def cmd_submit(args) -> int:
+    from shared import naming, storage
+    from shared.contracts import FINETUNE_QUEUE, PREPARED_CONTAINER
+    from shared.messages import FinetuneRequest
+    parts = args.prepared.strip("/").removeprefix(f"{PREPARED_CONTAINER}/").split("/")
+    if len(parts) != 2:
+        raise UsageError(f"{args.prepared!r} is not a prepared version: give prepared/<dataset>/<version>")
+    dataset, version = naming.check_dataset(parts[0]), naming.check_version(parts[1])
+    params = dict(parse_param(p) for p in args.param)
+    manifest = f"{naming.prepared_prefix(dataset, version)}/manifest.json"
+    if not storage.exists(storage.container(PREPARED_CONTAINER), manifest):
+        raise UsageError(f"prepared/{manifest} does not exist: `tuneflow status` lists prepared versions")
+    request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, params), dataset=dataset, version=version,
+                              params=params)
+    storage.send_queue_message(FINETUNE_QUEUE, request.to_json())
+    console.print(f"queued fine-tune of prepared/{dataset}/{version} as flow {request.flow_id}: "
+                  f"job {naming.job_name(dataset, version, params)}")
+    return 0
+
+
+def cmd_reap(args) -> int:
+    from shared import storage
+    from shared.contracts import FLOWS_CONTAINER
+    from shared.ml import get_backend
+    from shared.reaper import reap
+    from shared.ttl import utcnow
+    decisions = reap(get_backend(), None if args.dry_run else storage.container(FLOWS_CONTAINER), utcnow(),
+                     dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps([d.as_dict() for d in decisions], indent=2))
+        return 0
+    table = Table(title="reaper" + (" (dry run: nothing deleted)" if args.dry_run else ""))
+    for col in ("endpoint", "action", "rule", "reason"):
+        table.add_column(col)
+    for d in decisions:
+        table.add_row(d.endpoint, d.action, d.rule, d.reason)
+    console.print(table)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from local.demo import run_demo
+    return run_demo(console, keep=args.keep)
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuneflow", description=__doc__.splitlines()[0])
+    p.add_argument("--verbose", action="store_true", help="print error details (traceback)")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the local stack in the foreground (Azurite, host, workspace)")
+    up.add_argument("--port", type=int, default=7071)
+    up.set_defaults(fn=cmd_up)
+    drop = sub.add_parser("drop", help="upload a dataset file into the datasets container")
+    drop.add_argument("file")
+    drop.add_argument("--dataset", help="dataset name (default: from the file name)")
+    drop.set_defaults(fn=cmd_drop)
+    status = sub.add_parser("status", help="one row per flow: dataset, stage, job, model, endpoint, expires-at")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(fn=cmd_status)
+    chat = sub.add_parser("chat", help="send one user message to an endpoint")
+    chat.add_argument("endpoint")
+    chat.add_argument("message")
+    chat.set_defaults(fn=cmd_chat)
+    sample = sub.add_parser("sample-data", help="write synthetic ultrachat_200k-shaped data")
+    sample.add_argument("--rows", type=int, required=True)
+    sample.add_argument("--out", required=True, help="file name ending in .jsonl, .json or .parquet")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(fn=cmd_sample_data)
+    submit = sub.add_parser("submit", help="queue a fine-tune of an already prepared version")
+    submit.add_argument("prepared", help="prepared/<dataset>/<version>")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.set_defaults(fn=cmd_submit)
+    reap = sub.add_parser("reap", help="delete managed endpoints whose expires-at has passed")
+    reap.add_argument("--dry-run", action="store_true", help="only print the decisions")
+    reap.add_argument("--json", action="store_true")
+    reap.set_defaults(fn=cmd_reap)
+    demo = sub.add_parser("demo", help="run the whole flow once on a fresh local stack")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's state folder afterwards")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from local.stack import load_settings
+    load_settings()
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line first, details on request
+        err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
+        if args.verbose:
+            err_console.print(traceback.format_exc(), highlight=False)
+        return 1
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    if type(exc).__name__ == "ValidationError":  # pydantic: name the field
+        errors = exc.errors()
+        return f"invalid {'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}"
+    if "ServiceRequestError" in type(exc).__name__ or "Connection refused" in str(exc):
+        return f"cannot reach storage ({text[0] if text else exc}): is the local stack running? start it with `tuneflow up`"
+    return text[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

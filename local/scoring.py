@@ -1,0 +1,109 @@
+"""A local online endpoint: `python -m local.scoring ENDPOINT_DIR` (started by the local workspace).
+
+Loads the registered MLflow model, listens on a free loopback port and serves the Azure ML
+chat-completion contract: `POST /score` with `Authorization: Bearer <key>` and the body
+`{"input_data": {"input_string": [messages], "parameters": {...}}}`, answering `{"output": text}`.
+Without the right key: 401. When ready it writes `server.json` (port, pid) in its folder.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from shared.ml.local import read_json, write_json_atomic
+from shared.scoring import BadScoringRequest, read_request
+
+MAX_NEW_TOKENS_CAP = 512
+
+
+class ChatModel:
+    def __init__(self, model_uri: str, tracking_uri: str):
+        import mlflow
+        import torch
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        parts = mlflow.transformers.load_model(model_uri, return_type="components")
+        self.model, self.tokenizer = parts["model"], parts["tokenizer"]
+        self.model.eval()
+        self._torch = torch
+        self._lock = threading.Lock()
+
+    def generate(self, messages: list[dict], params: dict) -> str:
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        do_sample = bool(params.get("do_sample", False))
+        kwargs = {"max_new_tokens": max(1, min(int(params.get("max_new_tokens", 200)), MAX_NEW_TOKENS_CAP)),
+                  "do_sample": do_sample, "pad_token_id": self.tokenizer.pad_token_id,
+                  "eos_token_id": self.tokenizer.eos_token_id}
+        if do_sample:
+            kwargs.update(temperature=float(params.get("temperature", 1.0)), top_p=float(params.get("top_p", 1.0)))
+        with self._lock, self._torch.no_grad():
+            out = self.model.generate(**inputs, **kwargs)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def make_handler(chat: ChatModel, key: str):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "tuneflow-local-endpoint"
+
+        def log_message(self, fmt, *args):
+            print("http " + fmt % args, flush=True)
+
+        def _reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path.rstrip("/") in ("/health", ""):
+                return self._reply(200, {"status": "Healthy"})
+            self._reply(404, {"error": "not found"})
+
+        def do_POST(self):
+            if self.path.rstrip("/") != "/score":
+                return self._reply(404, {"error": "not found: POST /score"})
+            auth = self.headers.get("Authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not given or not hmac.compare_digest(given.encode(), key.encode()):
+                return self._reply(401, {"error": "missing or wrong key: send 'Authorization: Bearer <endpoint key>'"})
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+                messages, params = read_request(body)
+            except (ValueError, BadScoringRequest) as exc:
+                return self._reply(400, {"error": str(exc)})
+            try:
+                text = chat.generate(messages, params)
+            except Exception as exc:  # report, keep serving
+                return self._reply(500, {"error": f"{type(exc).__name__}: {exc}"})
+            self._reply(200, {"output": text})
+
+    return Handler
+
+
+def main(argv: list[str]) -> int:
+    ep_dir = Path(argv[1])
+    record = read_json(ep_dir / "endpoint.json")
+    key = (ep_dir / "key").read_text().strip()
+    chat = ChatModel(record["model"]["uri"], record["tracking_uri"])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(chat, key))
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    write_json_atomic(ep_dir / "server.json", {"port": server.server_address[1], "pid": os.getpid()})
+    print(f"endpoint {record['name']} serving {record['model']['uri']} on 127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,208 @@
+"""A local fine-tune job: `python -m local.train JOB_DIR` (started by the local ML workspace).
+
+It does what the registry's chat_completion_pipeline does, at toy scale on CPU: read the prepared
+train/test JSONL from storage, apply the chat template, LoRA fine-tune the base model, log train
+and eval loss to MLflow, save an MLflow model as the job's output — then report like Azure ML:
+`result.json` in the job folder and the `RunCompleted` (or `RunStatusChanged` Failed) event
+posted to the host's Event Grid route.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from shared.contracts import EVENT_RUN_COMPLETED, EVENT_RUN_STATUS_CHANGED, PIPELINE_RUN_TYPE
+from shared.ml.local import read_json, write_json_atomic
+from shared.ttl import format_utc, utcnow
+
+log = logging.getLogger("tuneflow.train")
+LOCAL_WORKSPACE_TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/"
+                         "Microsoft.MachineLearningServices/workspaces/local")
+# Defaults sized for a CPU demo; any of them can be overridden by request parameters.
+LOCAL_DEFAULTS = {"num_train_epochs": 1, "max_steps": 40, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
+                  "lora_r": 8, "lora_alpha": 16, "max_seq_length": 256, "eval_rows": 64}
+EVENT_POST_DEADLINE_S = 1800.0
+
+
+def _param(params: dict, key: str, cast):
+    return cast(params.get(key, LOCAL_DEFAULTS[key]))
+
+
+def download(uri: str, dest: Path) -> Path:
+    """Stream `container/blob` from the storage account into `dest`."""
+    from shared.storage import blob_service
+    container, blob = uri.split("/", 1)
+    with open(dest, "wb") as f:
+        blob_service().get_blob_client(container, blob).download_blob().readinto(f)
+    return dest
+
+
+def load_conversations(path: Path) -> list[list[dict]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def encode(tokenizer, conversations: list[list[dict]], max_len: int) -> list[list[int]]:
+    out = []
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(text, truncation=True, max_length=max_len)["input_ids"]
+        if len(ids) > 1:
+            out.append(ids)
+    return out
+
+
+def batches(seqs: list[list[int]], size: int, pad_id: int):
+    import torch
+    for i in range(0, len(seqs), size):
+        chunk = seqs[i:i + size]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, s in enumerate(chunk):
+            ids[j, :len(s)] = torch.tensor(s)
+            mask[j, :len(s)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        yield ids, mask, labels
+
+
+def evaluate(model, seqs, size, pad_id) -> float:
+    import torch
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for ids, mask, labels in batches(seqs, size, pad_id):
+            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * len(ids)
+            n += len(ids)
+    model.train()
+    return total / max(n, 1)
+
+
+def fine_tune(job: dict, job_dir: Path) -> dict:
+    import mlflow
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from local.tinymodel import build
+
+    spec, params = job["spec"], job["spec"]["params"]
+    base_dir = Path(job["base_model_dir"])
+    if not (base_dir / "config.json").exists():
+        if os.environ.get("TUNEFLOW_BASE_MODEL_DIR"):
+            raise FileNotFoundError(f"TUNEFLOW_BASE_MODEL_DIR={base_dir} has no config.json: point it at a checkpoint folder")
+        build(base_dir)
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    lora = LoraConfig(r=_param(params, "lora_r", int), lora_alpha=_param(params, "lora_alpha", int),
+                      target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                      modules_to_save=["lm_head"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+
+    max_len = _param(params, "max_seq_length", int)
+    train = encode(tokenizer, load_conversations(download(spec["train_uri"], job_dir / "train.jsonl")), max_len)
+    test = encode(tokenizer, load_conversations(download(spec["test_uri"], job_dir / "test.jsonl")), max_len)
+    test = test[:_param(params, "eval_rows", int)]
+    batch = _param(params, "per_device_train_batch_size", int)
+    epochs, max_steps = _param(params, "num_train_epochs", int), _param(params, "max_steps", int)
+    pad = tokenizer.pad_token_id
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=_param(params, "learning_rate", float))
+
+    mlflow.set_tracking_uri(job["tracking_uri"])
+    mlflow.set_experiment(spec["experiment"])
+    with mlflow.start_run(run_name=spec["name"], tags={**spec["tags"], "job": spec["name"]}) as run:
+        mlflow.log_params({**LOCAL_DEFAULTS, **params, "train_rows": len(train), "test_rows": len(test)})
+        eval_before = evaluate(model, test, batch, pad)
+        mlflow.log_metric("eval_loss", eval_before, step=0)
+        step, first_loss, last_loss = 0, None, None
+        started = time.perf_counter()
+        for _epoch in range(epochs):
+            for ids, mask, labels in batches(train, batch, pad):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                optim.step()
+                optim.zero_grad()
+                step += 1
+                first_loss = loss.item() if first_loss is None else first_loss
+                last_loss = loss.item()
+                mlflow.log_metric("train_loss", last_loss, step=step)
+                print(f"step {step} train_loss {last_loss:.4f}", flush=True)
+                if step >= max_steps:
+                    break
+            if step >= max_steps:
+                break
+        train_s = time.perf_counter() - started
+        eval_after = evaluate(model, test, batch, pad)
+        mlflow.log_metric("eval_loss", eval_after, step=step)
+        merged = model.merge_and_unload()
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": merged, "tokenizer": tokenizer}, name="trained_model",
+            task="text-generation", pip_requirements=["torch==2.13.0", "transformers", "mlflow"])
+        metrics = {"train_loss_first": first_loss, "train_loss_last": last_loss, "eval_loss_before": eval_before,
+                   "eval_loss_after": eval_after, "steps": step, "train_seconds": round(train_s, 2),
+                   "mlflow_run_id": run.info.run_id}
+    return {"status": "Completed", "output_uri": info.model_uri, "metrics": metrics}
+
+
+def run_event(job: dict, status: str) -> list[dict]:
+    """The Azure ML event for this pipeline run, in the Event Grid schema (see shared/reference/events)."""
+    spec = job["spec"]
+    data = {"experimentId": str(uuid.uuid5(uuid.NAMESPACE_URL, spec["experiment"])),
+            "experimentName": spec["experiment"], "runId": spec["name"], "runType": PIPELINE_RUN_TYPE,
+            "runTags": spec["tags"], "runProperties": {"azureml.runsource": PIPELINE_RUN_TYPE}}
+    if status != "Completed":
+        data["runStatus"] = status
+    return [{"topic": LOCAL_WORKSPACE_TOPIC, "subject": f"experiments/{data['experimentId']}/runs/{spec['name']}",
+             "eventType": EVENT_RUN_COMPLETED if status == "Completed" else EVENT_RUN_STATUS_CHANGED,
+             "eventTime": format_utc(utcnow()), "id": str(uuid.uuid4()), "data": data,
+             "dataVersion": "", "metadataVersion": "1"}]
+
+
+def post_event(url: str, events: list[dict], deadline_s: float = EVENT_POST_DEADLINE_S) -> bool:
+    """Deliver like Event Grid: retry with back-off until accepted or the deadline passes."""
+    body = json.dumps(events).encode()
+    delay, deadline = 0.5, time.monotonic() + deadline_s
+    while True:
+        req = urllib.request.Request(url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "aeg-event-type": "Notification"})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                if 200 <= resp.status < 300:
+                    return True
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"event delivery to {url} failed: {exc}; retrying", flush=True)
+        if time.monotonic() + delay > deadline:
+            return False
+        time.sleep(delay)  # back-off between delivery attempts, as Event Grid does
+        delay = min(delay * 2, 30.0)
+
+
+def main(argv: list[str]) -> int:
+    job_dir = Path(argv[1])
+    job = read_json(job_dir / "job.json")
+    try:
+        result = fine_tune(job, job_dir)
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"status": "Failed", "error": f"{type(exc).__name__}: {exc}"}
+    result["finished_at"] = format_utc(utcnow())
+    write_json_atomic(job_dir / "result.json", result)
+    for name in ("train.jsonl", "test.jsonl"):
+        (job_dir / name).unlink(missing_ok=True)
+    delivered = post_event(job["events_url"], run_event(job, result["status"]))
+    print(f"job {job['spec']['name']} {result['status']}; event delivered: {delivered}", flush=True)
+    return 0 if result["status"] == "Completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

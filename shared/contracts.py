@@ -1,0 +1,27 @@
+"""Names every part of the system agrees on: containers, queues, tags, function names."""
+
+DATASETS_CONTAINER = "datasets"
+PREPARED_CONTAINER = "prepared"
+FLOWS_CONTAINER = "flows"
+
+FINETUNE_QUEUE = "finetune-requests"
+DEPLOY_QUEUE = "deployments"
+
+TAG_MANAGED_BY = "managed-by"
+MANAGED_BY_VALUE = "tuneflow"
+TAG_FLOW_ID = "flow-id"
+TAG_EXPIRES_AT = "expires-at"
+TAG_DO_NOT_DELETE = "do-not-delete"
+TAG_DATASET = "dataset"
+TAG_DATASET_VERSION = "dataset-version"
+TAG_JOB = "job"
+TAG_MODEL = "model"
+
+PIPELINE_RUN_TYPE = "azureml.PipelineRun"
+EVENT_RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
+EVENT_RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
+EVENT_SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+EVENT_BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+
+# The deployment name the seed uses; one deployment per endpoint, 100 % traffic.
+DEPLOYMENT_NAME = "demo"

@@ -1,0 +1,76 @@
+"""deploy: a registered model version becomes a key-protected endpoint, smoke-tested once.
+
+The endpoint name is derived from the model version, so a redelivered request finds the endpoint.
+Its `expires-at` is computed once, when the endpoint is created, and never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from shared import flows, naming, settings
+from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_EXPIRES_AT, TAG_FLOW_ID, TAG_MANAGED_BY,
+                              TAG_MODEL)
+from shared.messages import DeployRequest
+from shared.ml.base import AlreadyExists, EndpointInfo, MLBackend, MLError, NotFound
+from shared.scoring import held_out_prompt, reply_text, request_body
+from shared.ttl import expires_at, utcnow
+
+log = logging.getLogger("tuneflow.deploy")
+FIRST_ROW_LIMIT = 1024 * 1024
+
+
+def handle_deploy(request: DeployRequest, backend: MLBackend, prepared, flow_log) -> EndpointInfo:
+    name = naming.endpoint_name(request.model_name, request.model_version)
+    endpoint = _ensure_endpoint(name, request, backend)
+    flows.record(flow_log, request.flow_id, "deployed", dataset=request.dataset, version=request.version,
+                 job=request.job, model=f"{request.model_name}:{request.model_version}", endpoint=name,
+                 expires_at=endpoint.tags.get(TAG_EXPIRES_AT, ""))
+    smoke_test(name, request, backend, prepared, flow_log)
+    return endpoint
+
+
+def _ensure_endpoint(name: str, request: DeployRequest, backend: MLBackend) -> EndpointInfo:
+    try:
+        existing = backend.get_endpoint(name)
+    except NotFound:
+        existing = None
+    if existing is not None and existing.provisioning_state != "Failed":
+        log.info("endpoint %s already exists (%s)", name, existing.provisioning_state)
+        return existing
+    if existing is not None:
+        log.warning("endpoint %s exists but failed: deleting and deploying again", name)
+        backend.delete_endpoint(name)
+    model = backend.get_model(request.model_name, request.model_version)
+    tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: request.flow_id, TAG_DATASET: request.dataset,
+            TAG_MODEL: f"{request.model_name}:{request.model_version}",
+            TAG_EXPIRES_AT: expires_at(utcnow(), settings.get("TUNEFLOW_ENDPOINT_TTL"))}
+    try:
+        return backend.deploy(name, model, tags)
+    except AlreadyExists:  # a concurrent delivery created it first
+        return backend.get_endpoint(name)
+
+
+def first_test_row(prepared, dataset: str, version: str) -> dict:
+    """The first row of the prepared test split, read by chunks up to its first newline."""
+    blob = prepared.get_blob_client(f"{naming.prepared_prefix(dataset, version)}/test.jsonl")
+    buf = b""
+    for chunk in blob.download_blob().chunks():
+        buf += chunk
+        if b"\n" in buf or len(buf) > FIRST_ROW_LIMIT:
+            break
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+def smoke_test(name: str, request: DeployRequest, backend: MLBackend, prepared, flow_log) -> None:
+    try:
+        messages = held_out_prompt(first_test_row(prepared, request.dataset, request.version))
+        reply = reply_text(backend.invoke(name, request_body(messages)))
+    except (MLError, ValueError, KeyError) as exc:
+        flows.record(flow_log, request.flow_id, "smoke-failed", endpoint=name, detail={"error": str(exc)})
+        log.error("smoke test of %s failed: %s", name, exc)
+        return
+    flows.record(flow_log, request.flow_id, "smoke-tested", endpoint=name,
+                 detail={"prompt": messages[-1]["content"][:200], "reply": reply[:500]})
+    log.info("smoke test of %s answered %d characters", name, len(reply))

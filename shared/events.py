@@ -1,0 +1,84 @@
+"""Azure ML events (Event Grid or CloudEvents schema) and what the app does about each.
+
+Only this app's own pipeline runs matter: child step runs, other people's runs, non-terminal
+statuses and events about jobs we never submitted are ignored, each with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.contracts import (EVENT_RUN_COMPLETED, EVENT_RUN_STATUS_CHANGED, EVENT_SUBSCRIPTION_VALIDATION,
+                              MANAGED_BY_VALUE, PIPELINE_RUN_TYPE, TAG_FLOW_ID, TAG_MANAGED_BY)
+
+FAILED_STATES = ("Failed", "Canceled")
+
+
+class InvalidEvent(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Event:
+    """The fields of one event, whatever schema carried it."""
+
+    id: str
+    type: str
+    subject: str
+    time: str
+    data: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def normalize(raw: dict) -> Event:
+    """Accept one event in the Event Grid schema (`eventType`) or CloudEvents 1.0 (`specversion`)."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"an event must be a JSON object, got {type(raw).__name__}")
+    if "specversion" in raw:
+        keys = ("id", "type", "subject", "time", "source")
+    elif "eventType" in raw:
+        keys = ("id", "eventType", "subject", "eventTime", "topic")
+    else:
+        raise InvalidEvent("not an event: neither Event Grid (eventType) nor CloudEvents (specversion) schema")
+    missing = [k for k in keys[:2] if not raw.get(k)]
+    if missing:
+        raise InvalidEvent(f"event lacks {', '.join(missing)}")
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise InvalidEvent("event data must be a JSON object")
+    ident, etype, subject, etime, source = (str(raw.get(k) or "") for k in keys)
+    return Event(id=ident, type=etype, subject=subject, time=etime, data=data, source=source)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # register | record-failure | ignore | validate
+    job: str
+    reason: str
+    flow_id: str = ""
+    status: str = ""
+
+
+def decide(event: Event) -> Decision:
+    data = event.data
+    job = str(data.get("runId") or "")
+    tags = data.get("runTags") or {}
+    flow = str(tags.get(TAG_FLOW_ID, "")) if isinstance(tags, dict) else ""
+    if event.type == EVENT_SUBSCRIPTION_VALIDATION:
+        return Decision("validate", "", "subscription validation handshake")
+    if event.type not in (EVENT_RUN_COMPLETED, EVENT_RUN_STATUS_CHANGED):
+        return Decision("ignore", job, f"event type {event.type} is not an Azure ML run event")
+    if data.get("runType") != PIPELINE_RUN_TYPE:
+        parent = (data.get("runProperties") or {}).get("azureml.pipelinerunid", "")
+        return Decision("ignore", job, f"run type {data.get('runType')!r} is not a pipeline run"
+                        + (f" (a step of {parent})" if parent else ""), flow)
+    if not isinstance(tags, dict) or tags.get(TAG_MANAGED_BY) != MANAGED_BY_VALUE:
+        return Decision("ignore", job, f"run is not tagged {TAG_MANAGED_BY}={MANAGED_BY_VALUE}", flow)
+    if not job:
+        return Decision("ignore", job, "event has no runId", flow)
+    if event.type == EVENT_RUN_COMPLETED:
+        return Decision("register", job, "pipeline run completed", flow, "Completed")
+    status = str(data.get("runStatus") or "")
+    if status in FAILED_STATES:
+        return Decision("record-failure", job, f"pipeline run {status.lower()}", flow, status)
+    return Decision("ignore", job, f"status {status or 'unknown'} is not terminal", flow, status)

@@ -1,0 +1,123 @@
+"""Deterministic names, and validation of names that come from outside.
+
+Every resource name is a pure function of its inputs (dataset content hash, fine-tune parameters,
+job name, model version), so a repeated delivery computes the same name and finds the work done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+
+from shared.contracts import DATASETS_CONTAINER, PREPARED_CONTAINER
+
+_FLOW_NAMESPACE = uuid.UUID("6f1d6c1e-7a55-4c53-9b0e-2f7d1f0c9a10")
+
+DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+# Blobs the app itself writes next to data or that tools leave behind; never datasets.
+IGNORED_SUFFIXES = (".error.json", ".tmp", ".partial")
+
+
+class InvalidName(ValueError):
+    """A name from outside (blob, message field) that the app refuses to use."""
+
+
+def dataset_blob(blob_name: str) -> tuple[str, str]:
+    """Split a `datasets` blob name into (dataset, file name), refusing anything unsafe.
+
+    Accepted: `<dataset>/<file>.jsonl|.json|.parquet`. Dataset and file names are letters,
+    digits, `_`, `-`, `.`, starting with a letter or digit (no path traversal, no odd characters).
+    """
+    blob_name = blob_name.removeprefix(f"{DATASETS_CONTAINER}/")
+    parts = blob_name.split("/")
+    if len(parts) != 2:
+        raise InvalidName(
+            f"blob {blob_name!r} is not '<dataset>/<file>': put each dataset in its own folder, "
+            f"e.g. datasets/my-data/train.jsonl")
+    dataset, filename = parts
+    for label, value, pattern in (("dataset", dataset, DATASET_RE), ("file", filename, FILE_RE)):
+        if not pattern.match(value) or ".." in value:
+            raise InvalidName(
+                f"{label} name {value!r} in blob {blob_name!r} is not allowed: use letters, digits, "
+                f"'_', '-', '.', starting with a letter or digit ({pattern.pattern})")
+    if not filename.lower().endswith(DATA_SUFFIXES):
+        raise InvalidName(
+            f"file {filename!r} has an unsupported type: use one of {', '.join(DATA_SUFFIXES)}")
+    return dataset, filename
+
+
+def is_ignored_blob(blob_name: str) -> bool:
+    return blob_name.lower().endswith(IGNORED_SUFFIXES)
+
+
+def check_dataset(name: str) -> str:
+    if not DATASET_RE.match(name) or ".." in name:
+        raise InvalidName(f"dataset name {name!r} is not allowed ({DATASET_RE.pattern})")
+    return name
+
+
+def check_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise InvalidName(f"dataset version {version!r} is not 16 lowercase hex digits")
+    return version
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def dataset_version(content_sha256: str, options: dict) -> str:
+    """Version of a prepared dataset: a hash of the input bytes and the preparation options."""
+    return _digest(content_sha256, canonical_json(options))[:16]
+
+
+def prepared_prefix(dataset: str, version: str) -> str:
+    """Blob prefix (inside the `prepared` container) of one prepared version."""
+    return f"{check_dataset(dataset)}/{check_version(version)}"
+
+
+def prepared_uri(dataset: str, version: str, file: str) -> str:
+    return f"{PREPARED_CONTAINER}/{prepared_prefix(dataset, version)}/{file}"
+
+
+def flow_id(dataset: str, version: str, params: dict) -> str:
+    """Correlation id of one flow: one prepared version fine-tuned with one set of parameters."""
+    return str(uuid.uuid5(_FLOW_NAMESPACE, f"{dataset}/{version}/{canonical_json(params)}"))
+
+
+def slug(text: str, limit: int) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return s or "x"
+
+
+def job_name(dataset: str, version: str, params: dict) -> str:
+    """Azure ML job names: letters, digits, '-' and '_'; ours are `ft-<dataset>-<hash8>`."""
+    return f"ft-{slug(dataset, 24)}-{_digest(dataset, version, canonical_json(params))[:8]}"
+
+
+def model_name(base_model: str, dataset: str) -> str:
+    """As the seed: the base model's name plus the dataset's (`Phi-3-mini-4k-instruct-ultrachat-200k`)."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', base_model)}-{slug(dataset, 40)}"
+
+
+def model_version(job: str) -> str:
+    """A deterministic, numeric model version derived from the job (not a timestamp)."""
+    return str(int(_digest(job)[:8], 16))
+
+
+def endpoint_name(model: str, version: str) -> str:
+    """Azure's rule: 3-32 chars, starts with a letter, letters/digits/hyphens, no trailing hyphen."""
+    return f"tf-{slug(model, 18)}-{_digest(model, version)[:8]}"

@@ -1,0 +1,50 @@
+"""job_events: a finished pipeline run becomes a registered model and a deploy request."""
+
+from __future__ import annotations
+
+import logging
+
+from shared import flows, naming, settings
+from shared.contracts import TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY, MANAGED_BY_VALUE
+from shared.events import Decision
+from shared.messages import DeployRequest
+from shared.ml.base import AlreadyExists, MLBackend, MLError, NotFound
+
+log = logging.getLogger("tuneflow.job_events")
+
+
+class JobNotFinished(MLError):
+    """The event says done but the workspace does not (yet): raise so the event is redelivered."""
+
+
+def handle_decision(decision: Decision, backend: MLBackend, flow_log) -> DeployRequest | None:
+    if decision.action not in ("register", "record-failure"):
+        log.info("ignoring event for %r: %s", decision.job, decision.reason)
+        return None
+    try:
+        job = backend.get_job(decision.job)
+    except NotFound:
+        log.warning("ignoring event for job %s: the workspace has no such job", decision.job)
+        return None
+    flow_id = job.tags.get(TAG_FLOW_ID) or decision.flow_id
+    dataset, dataset_version = job.tags.get(TAG_DATASET, ""), job.tags.get(TAG_DATASET_VERSION, "")
+    if decision.action == "record-failure":
+        flows.record(flow_log, flow_id, "job-failed", dataset=dataset, version=dataset_version, job=job.name,
+                     detail={"status": decision.status, "error": job.error})
+        log.warning("job %s %s: %s", job.name, decision.status.lower(), job.error or "no error recorded")
+        return None
+    if job.status != "Completed":
+        raise JobNotFinished(f"event says job {job.name} completed, workspace says {job.status}: retry later")
+    name = naming.model_name(settings.get("TUNEFLOW_BASE_MODEL"), dataset)
+    model_version = naming.model_version(job.name)
+    tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: flow_id, TAG_DATASET: dataset,
+            TAG_DATASET_VERSION: dataset_version, "source-job": job.name}
+    try:
+        backend.register_model(name, model_version, job.name, tags)
+        log.info("registered %s version %s from job %s", name, model_version, job.name)
+    except AlreadyExists:
+        log.info("model %s version %s already registered: sending the deploy request again", name, model_version)
+    flows.record(flow_log, flow_id, "registered", dataset=dataset, version=dataset_version, job=job.name,
+                 model=f"{name}:{model_version}", detail={"metrics": job.metrics})
+    return DeployRequest(flow_id=flow_id, dataset=dataset, version=dataset_version, job=job.name,
+                         model_name=name, model_version=model_version)

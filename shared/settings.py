@@ -1,0 +1,120 @@
+"""App settings, read from the environment as the Functions host provides them.
+
+In Azure they are the Function App's application settings; locally the host (ours or Core
+Tools) loads them from `local.settings.json` `Values`. Every setting has one name, one default
+and one line of meaning here, and the README's settings table is generated from the same list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingError(ValueError):
+    """A setting is present but unusable; the message names the setting and the accepted form."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    meaning: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("TUNEFLOW_ML_BACKEND", "local", "ML backend: `local` (MLflow + subprocess jobs) or `azure`."),
+    Setting("TUNEFLOW_STATE_DIR", ".tuneflow", "Local workspace state: MLflow DB, jobs, endpoints, Azurite data."),
+    Setting("TUNEFLOW_BASE_MODEL", "phi-3-tiny", "Base model to fine-tune (local: built offline; Azure: registry model name)."),
+    Setting("TUNEFLOW_BASE_MODEL_DIR", "", "Local backend: a local Phi-3-architecture checkpoint folder to use instead of the built one."),
+    Setting("TUNEFLOW_ENDPOINT_TTL", "2h", "How long an endpoint lives before the reaper deletes it (30m, 8h, 7d, 2w, PT8H)."),
+    Setting("TUNEFLOW_REAPER_SCHEDULE", "0 */5 * * * *", "NCRONTAB (6 fields, seconds first) of the reaper timer."),
+    Setting("TUNEFLOW_TEST_FRACTION", "0.1", "Share of rows held out for the test split when the file names no split."),
+    Setting("TUNEFLOW_MAX_REJECTED_SHARE", "0.05", "Refuse the whole dataset when more than this share of rows is rejected."),
+    Setting("TUNEFLOW_MAX_ROW_BYTES", "262144", "Rows larger than this (bytes of JSON) are rejected."),
+    Setting("TUNEFLOW_FINETUNE_PARAMS", "{}", "JSON object of default fine-tune parameters, overridden per request."),
+    Setting("TUNEFLOW_EVENTS_URL", "http://127.0.0.1:7071/runtime/webhooks/EventGrid?functionName=job_events",
+            "Local backend: where finished jobs post their Azure ML event (the host's Event Grid route)."),
+)
+_DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+def get(name: str) -> str:
+    """The setting's value, or its documented default."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else _DEFAULTS[name]
+
+
+def get_float(name: str, low: float, high: float) -> float:
+    raw = get(name)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a number; use a value between {low} and {high}") from None
+    if not low <= value <= high:
+        raise SettingError(f"{name}={raw!r} is out of range; use a value between {low} and {high}")
+    return value
+
+
+def get_int(name: str, low: int) -> int:
+    raw = get(name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not an integer; use a whole number >= {low}") from None
+    if value < low:
+        raise SettingError(f"{name}={raw!r} is too small; use a whole number >= {low}")
+    return value
+
+
+def state_dir() -> Path:
+    return Path(get("TUNEFLOW_STATE_DIR")).resolve()
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """How to reach the storage account of the `AzureWebJobsStorage` connection.
+
+    Either a connection string (Azurite locally) or identity-based settings
+    (`AzureWebJobsStorage__blobServiceUri` / `__queueServiceUri` / `__accountName`), exactly the
+    forms the Functions host accepts.
+    """
+
+    connection_string: str | None = None
+    blob_service_uri: str | None = None
+    queue_service_uri: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, prefix: str = "AzureWebJobsStorage") -> "StorageConnection":
+        conn = os.environ.get(prefix)
+        if conn:
+            return cls(connection_string=_expand_dev_storage(conn))
+        account = os.environ.get(f"{prefix}__accountName")
+        blob_uri = os.environ.get(f"{prefix}__blobServiceUri") or (
+            f"https://{account}.blob.core.windows.net" if account else None)
+        queue_uri = os.environ.get(f"{prefix}__queueServiceUri") or (
+            f"https://{account}.queue.core.windows.net" if account else None)
+        if not (blob_uri and queue_uri):
+            raise SettingError(
+                f"no storage connection: set {prefix} (a connection string, e.g. Azurite's "
+                f"UseDevelopmentStorage=true) or {prefix}__accountName for an identity-based connection")
+        return cls(blob_service_uri=blob_uri, queue_service_uri=queue_uri)
+
+
+# Azurite's published development account; its key is public by design.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_connection_string(blob_port: int, queue_port: int, host: str = "127.0.0.1") -> str:
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://{host}:{blob_port}/{AZURITE_ACCOUNT};"
+            f"QueueEndpoint=http://{host}:{queue_port}/{AZURITE_ACCOUNT};")
+
+
+def _expand_dev_storage(conn: str) -> str:
+    if conn.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
+        return azurite_connection_string(10000, 10001)
+    return conn

@@ -1,0 +1,82 @@
+"""Storage clients for the `AzureWebJobsStorage` account (connection string or identity)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import lru_cache
+
+from shared.settings import StorageConnection
+
+
+@lru_cache(maxsize=8)
+def _credential():
+    from azure.identity import DefaultAzureCredential  # identity only when no connection string
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+def blob_service(conn: StorageConnection | None = None):
+    from azure.storage.blob import BlobServiceClient
+    conn = conn or StorageConnection.from_env()
+    if conn.connection_string:
+        return BlobServiceClient.from_connection_string(conn.connection_string)
+    return BlobServiceClient(conn.blob_service_uri, credential=_credential())
+
+
+def queue_service(conn: StorageConnection | None = None):
+    from azure.storage.queue import QueueServiceClient
+    conn = conn or StorageConnection.from_env()
+    if conn.connection_string:
+        return QueueServiceClient.from_connection_string(conn.connection_string)
+    return QueueServiceClient(conn.queue_service_uri, credential=_credential())
+
+
+def container(name: str, conn: StorageConnection | None = None, create: bool = True):
+    client = blob_service(conn).get_container_client(name)
+    if create:
+        ensure_container(client)
+    return client
+
+
+def ensure_container(client) -> None:
+    from azure.core.exceptions import ResourceExistsError
+    try:
+        client.create_container()
+    except ResourceExistsError:
+        pass
+
+
+def put_json(container_client, name: str, value, overwrite: bool = True) -> None:
+    from azure.storage.blob import ContentSettings
+    container_client.upload_blob(
+        name, json.dumps(value, indent=2, sort_keys=True).encode(), overwrite=overwrite,
+        content_settings=ContentSettings(content_type="application/json"))
+
+
+def get_json(container_client, name: str):
+    """The blob parsed as JSON, or None when it does not exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+    try:
+        return json.loads(container_client.download_blob(name).readall())
+    except ResourceNotFoundError:
+        return None
+
+
+def exists(container_client, name: str) -> bool:
+    return container_client.get_blob_client(name).exists()
+
+
+def encode_queue_message(text: str) -> str:
+    """Storage-queue triggers expect base64 bodies (the host's default `messageEncoding`)."""
+    return base64.b64encode(text.encode()).decode()
+
+
+def send_queue_message(queue_name: str, text: str, conn: StorageConnection | None = None) -> None:
+    """Enqueue as the queue output binding would (base64), for tools outside the Functions host."""
+    from azure.core.exceptions import ResourceExistsError
+    client = queue_service(conn).get_queue_client(queue_name)
+    try:
+        client.create_queue()
+    except ResourceExistsError:
+        pass
+    client.send_message(encode_queue_message(text))

@@ -1,0 +1,97 @@
+"""Fixtures: a real Azurite on free ports, a state folder per test, the local host in-process.
+
+Every process a fixture starts is stopped by it; waits are conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def reference_events(name: str):
+    path = REFERENCE / "events" / name
+    if not path.exists():
+        pytest.skip(f"reference file {path} is not present beside the project")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    from local import azurite as az
+    server = az.start(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def storage_env(azurite, monkeypatch, tmp_path):
+    """Point every storage client of this test at the session's Azurite, with a fresh state folder."""
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("TUNEFLOW_STATE_DIR", str(tmp_path / "state"))
+    _clean_storage(azurite.connection_string)
+    return azurite
+
+
+def _clean_storage(conn: str) -> None:
+    """Tests share one Azurite: start each from empty containers and queues."""
+    from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueServiceClient
+    blobs = BlobServiceClient.from_connection_string(conn)
+    for c in blobs.list_containers():
+        blobs.delete_container(c.name)
+    queues = QueueServiceClient.from_connection_string(conn)
+    for q in queues.list_queues():
+        queues.delete_queue(q.name)
+    wait_for(lambda: not list(blobs.list_containers()), 30, "containers to be deleted")
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory):
+    """One tiny Phi-3 model per test session (built offline), used as a configured local checkpoint."""
+    from local.tinymodel import build
+    return build(tmp_path_factory.mktemp("models") / "phi-3-tiny")
+
+
+@pytest.fixture
+def workspace(storage_env, base_model_dir, monkeypatch):
+    from shared.ml.local import LocalWorkspace
+    from shared.settings import state_dir
+    monkeypatch.setenv("TUNEFLOW_BASE_MODEL_DIR", str(base_model_dir))
+    monkeypatch.setenv("TUNEFLOW_FINETUNE_PARAMS", json.dumps({"max_steps": 12}))
+    ws = LocalWorkspace(state_dir())
+    yield ws
+    ws.stop_all()
+
+
+@pytest.fixture
+def host(workspace, monkeypatch, tmp_path):
+    """The local Functions host running function_app.py in-process, on a free port."""
+    from local.host import LocalHost
+    monkeypatch.delenv("TUNEFLOW_EVENTS_URL", raising=False)
+    monkeypatch.setenv("TUNEFLOW_REAPER_SCHEDULE", "*/2 * * * * *")
+    h = LocalHost(project_dir=ROOT, port=0, poll_interval=0.1, invocations_log=tmp_path / "invocations.jsonl",
+                  settings_file="no-local-settings.json")
+    h.start()
+    monkeypatch.setenv("TUNEFLOW_EVENTS_URL", os.environ["TUNEFLOW_EVENTS_URL"])
+    yield h
+    h.stop()

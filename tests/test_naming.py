@@ -1,0 +1,56 @@
+import re
+
+import pytest
+
+from shared import naming
+
+AZURE_ENDPOINT = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+
+
+@pytest.mark.parametrize("blob, expected", [
+    ("ultrachat/train.jsonl", ("ultrachat", "train.jsonl")),
+    ("datasets/my-data/part_1.parquet", ("my-data", "part_1.parquet")),
+    ("A1/x.JSON", ("A1", "x.JSON")),
+])
+def test_dataset_blob_accepts_safe_names(blob, expected):
+    assert naming.dataset_blob(blob) == expected
+
+
+@pytest.mark.parametrize("blob", [
+    "train.jsonl",                      # no dataset folder
+    "a/b/c.jsonl",                      # nested
+    "../etc/passwd.jsonl", "x/..jsonl", "x/../y.jsonl",
+    "my data/train.jsonl",              # space
+    "data/tr$ain.jsonl", "-x/a.jsonl", "x/.hidden.jsonl",
+    "x/train.csv", "x/train",           # unsupported type
+    "x/" + "a" * 200 + ".jsonl",
+])
+def test_dataset_blob_refuses_unsafe_or_unsupported_names(blob):
+    with pytest.raises(naming.InvalidName) as exc:
+        naming.dataset_blob(blob)
+    assert blob.split("/")[-1][:20] in str(exc.value) or "dataset" in str(exc.value)
+
+
+def test_names_are_deterministic_and_depend_on_every_input():
+    v = naming.dataset_version("a" * 64, {"test_fraction": 0.1})
+    assert v == naming.dataset_version("a" * 64, {"test_fraction": 0.1})
+    assert v != naming.dataset_version("a" * 64, {"test_fraction": 0.2})
+    assert naming.VERSION_RE.match(v)
+    j = naming.job_name("ultrachat", v, {})
+    assert j == naming.job_name("ultrachat", v, {}) != naming.job_name("ultrachat", v, {"learning_rate": 1e-4})
+    assert naming.flow_id("d", v, {}) != naming.flow_id("d", v, {"x": 1})
+    assert naming.model_version(j).isdigit()
+
+
+@pytest.mark.parametrize("model", ["phi-3-tiny-ultrachat", "Phi-3-mini-4k-instruct-ultrachat-200k", "9" * 80,
+                                   "---", "a", "Ünïcode-model", "x_y.z"])
+@pytest.mark.parametrize("version", ["1", "4294967295"])
+def test_endpoint_names_follow_azure_rules(model, version):
+    name = naming.endpoint_name(model, version)
+    assert AZURE_ENDPOINT.match(name), name
+    assert 3 <= len(name) <= 32
+
+
+def test_ignored_blobs():
+    assert naming.is_ignored_blob("d/x.error.json")
+    assert not naming.is_ignored_blob("d/x.json")
