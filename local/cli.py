@@ -53,7 +53,7 @@ def cmd_drop(args) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path} is not a file: give the path of a .jsonl, .json or .parquet dataset")
-    dataset = args.dataset or naming.slug(path.stem, 40)
+    dataset = naming.check_dataset(args.dataset or naming.slug(path.stem, 40))
     blob = f"{dataset}/{path.name}"
     naming.dataset_blob(blob)  # refuse bad names before uploading anything
     with open(path, "rb") as f:
@@ -195,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from local.stack import load_settings
+    from shared import storage
     load_settings()
+    if args.command not in ("up", "demo"):  # a person is waiting: fail fast when storage is down
+        storage.set_client_options(retry_total=0, connection_timeout=5)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

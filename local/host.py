@@ -197,7 +197,7 @@ class LocalHost:
         logging.getLogger().addFilter(FlowIdFilter())
         logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every HTTP call at INFO
         app = importlib.import_module(self.app_module).app
-        for fn in app.get_functions():  # call once: a second call raises on the same app
+        for fn in _functions_of(app):
             bindings = [b.get_dict_repr() for b in fn.get_bindings()]
             trigger = fn.get_trigger().get_dict_repr()
             outputs = [b for b in bindings if getattr(b["direction"], "name", b["direction"]) == "OUT"]
@@ -391,11 +391,12 @@ class LocalHost:
             self._stop.wait(self.poll_interval)
 
     def _receipt_name(self, spec: FunctionSpec, blob_name: str, etag: str) -> str:
-        return f"blobreceipts/local/{spec.name}/{etag.strip(chr(34))}/{self._blob_container(spec)}/{blob_name}"
+        return f"blobreceipts/local/{spec.name}/{etag}/{self._blob_container(spec)}/{blob_name}"
 
     def process_blob(self, spec: FunctionSpec, blob_name: str, etag: str, trigger_at: float | None = None) -> bool:
         """Invoke the blob function once per blob version; True when a receipt exists afterwards."""
         from shared.storage import blob_service
+        etag = etag.strip('"')  # listings and properties quote etags differently
         service = blob_service(self._storage)
         receipts = service.get_container_client(RECEIPTS_CONTAINER)
         receipt = self._receipt_name(spec, blob_name, etag)
@@ -422,6 +423,16 @@ class LocalHost:
         name = name.removeprefix("Host.Functions.")
         spec = self.functions.get(name)
         return spec if spec and spec.trigger["type"] == trigger_type else None
+
+
+_INDEXED: dict[int, tuple[object, list]] = {}
+
+
+def _functions_of(app) -> list:
+    """`app.get_functions()`, once per app object: a second call raises "not a unique function name"."""
+    if id(app) not in _INDEXED:
+        _INDEXED[id(app)] = (app, app.get_functions())
+    return _INDEXED[id(app)][1]
 
 
 def _text(value) -> str:

@@ -9,6 +9,15 @@ from functools import lru_cache
 from shared.settings import StorageConnection
 
 
+# Extra keyword arguments for every client; interactive tools lower the retries to fail fast.
+_client_options: dict = {}
+
+
+def set_client_options(**options) -> None:
+    _client_options.clear()
+    _client_options.update(options)
+
+
 @lru_cache(maxsize=8)
 def _credential():
     from azure.identity import DefaultAzureCredential  # identity only when no connection string
@@ -19,16 +28,16 @@ def blob_service(conn: StorageConnection | None = None):
     from azure.storage.blob import BlobServiceClient
     conn = conn or StorageConnection.from_env()
     if conn.connection_string:
-        return BlobServiceClient.from_connection_string(conn.connection_string)
-    return BlobServiceClient(conn.blob_service_uri, credential=_credential())
+        return BlobServiceClient.from_connection_string(conn.connection_string, **_client_options)
+    return BlobServiceClient(conn.blob_service_uri, credential=_credential(), **_client_options)
 
 
 def queue_service(conn: StorageConnection | None = None):
     from azure.storage.queue import QueueServiceClient
     conn = conn or StorageConnection.from_env()
     if conn.connection_string:
-        return QueueServiceClient.from_connection_string(conn.connection_string)
-    return QueueServiceClient(conn.queue_service_uri, credential=_credential())
+        return QueueServiceClient.from_connection_string(conn.connection_string, **_client_options)
+    return QueueServiceClient(conn.queue_service_uri, credential=_credential(), **_client_options)
 
 
 def container(name: str, conn: StorageConnection | None = None, create: bool = True):

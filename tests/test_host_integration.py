@@ -1,0 +1,153 @@
+"""The local host against a real Azurite: bad input, poison / dead-letter queues, webhooks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import reference_events, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _queue(name: str):
+    from shared import storage
+    return storage.queue_service().get_queue_client(name)
+
+
+def _peek(name: str) -> list[str]:
+    try:
+        return [m.content for m in _queue(name).peek_messages(max_messages=32)]
+    except Exception:
+        return []
+
+
+def _post(url: str, body, headers: dict | None = None, method: str = "POST"):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def _alive(host) -> bool:
+    with urllib.request.urlopen(host.base_url + "/admin/host/status", timeout=10) as resp:
+        return json.loads(resp.read())["state"] == "Running"
+
+
+def _invocations(host, function: str) -> list[dict]:
+    if not host.invocations_log.exists():
+        return []
+    rows = [json.loads(line) for line in host.invocations_log.read_text().splitlines()]
+    return [r for r in rows if r["function"] == function]
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (base64.b64encode(b"not json at all").decode(), "ValidationError"),
+    (base64.b64encode(b'{"flow_id": "x"}').decode(), "ValidationError"),
+    ("%%% not base64 %%%", "not base64"),
+])
+def test_malformed_queue_message_ends_in_poison_queue_with_reason(host, raw, reason):
+    from shared import storage
+    storage.queue_service().get_queue_client("finetune-requests").send_message(raw)
+    poison = wait_for(lambda: _peek("finetune-requests-poison"), 90, "the poison queue to receive the message")
+    envelope = json.loads(base64.b64decode(poison[0]))
+    assert reason in envelope["reason"]
+    assert envelope["deliveries"] == host.config.max_dequeue_count
+    assert envelope["function"] == "submit"
+    assert envelope["message"] in (base64.b64decode(raw).decode() if reason != "not base64" else raw,)
+    assert _peek("finetune-requests") == []
+    assert _alive(host)
+
+
+def test_request_for_a_version_never_prepared_is_poisoned(host):
+    from shared import naming, storage
+    from shared.messages import FinetuneRequest
+    req = FinetuneRequest(flow_id=naming.flow_id("ghost", "0" * 16, {}), dataset="ghost", version="0" * 16)
+    storage.send_queue_message("finetune-requests", req.to_json())
+    poison = wait_for(lambda: _peek("finetune-requests-poison"), 90, "the poison queue")
+    assert "was never prepared" in json.loads(base64.b64decode(poison[0]))["reason"]
+
+
+def test_malformed_service_bus_message_is_dead_lettered(host):
+    _queue("deployments").send_message('{"model_name": "x"}')
+    dead = wait_for(lambda: _peek("deployments-deadletter"), 120, "the dead-letter queue")
+    envelope = json.loads(dead[0])
+    assert "ValidationError" in envelope["reason"] and envelope["deliveries"] == 10
+    assert envelope["message"] == '{"model_name": "x"}'
+
+
+def test_malformed_dataset_gets_an_error_report_and_no_message(host):
+    from shared import storage
+    content = b'{"prompt": "only one broken row"\nnot json either\n'
+    datasets = storage.container("datasets")
+    datasets.upload_blob("broken/data.jsonl", content)
+    etag = datasets.get_blob_client("broken/data.jsonl").get_blob_properties().etag
+    prepared = storage.container("prepared")
+    errors = wait_for(lambda: [b.name for b in prepared.list_blobs(name_starts_with="broken/") if b.name.endswith("error.json")],
+                      60, "error.json for the broken dataset")
+    report = json.loads(prepared.download_blob(errors[0]).readall())
+    assert "2 of 2 rows rejected" in report["error"] and report["fix"] and report["source"]["etag"] == etag
+    rejected = prepared.download_blob(errors[0].replace("error.json", "rejected.jsonl")).readall().decode()
+    assert '"where": "data.jsonl:1"' in rejected
+    assert not any(b.name.endswith("manifest.json") for b in prepared.list_blobs(name_starts_with="broken/"))
+    # The original is untouched, no request was sent, the host still runs.
+    blob = datasets.get_blob_client("broken/data.jsonl")
+    assert blob.download_blob().readall() == content and blob.get_blob_properties().etag == etag
+    assert _peek("finetune-requests") == []
+    assert _alive(host)
+    assert [i["outcome"] for i in _invocations(host, "data_arrival")] == ["Succeeded"]
+
+
+def test_blob_with_an_unsafe_name_is_refused_with_a_report(host):
+    from shared import storage
+    storage.container("datasets").upload_blob("notes.txt", b"hello")
+    prepared = storage.container("prepared")
+    errors = wait_for(lambda: list(prepared.list_blobs(name_starts_with="_invalid-names/")), 60, "the report")
+    assert "notes.txt" in json.loads(prepared.download_blob(errors[0].name).readall())["error"]
+    assert _peek("finetune-requests") == []
+
+
+def test_event_grid_validation_handshakes(host):
+    url = host.base_url + "/runtime/webhooks/EventGrid?functionName=job_events"
+    validation = reference_events("subscription-validation.eventgrid.json")
+    status, _, body = _post(url, validation, {"aeg-event-type": "SubscriptionValidation"})
+    assert status == 200 and body == {"validationResponse": validation[0]["data"]["validationCode"]}
+    status, headers, _ = _post(url, None, {"WebHook-Request-Origin": "eventgrid.azure.net"}, method="OPTIONS")
+    assert status == 200 and headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    status, _, _ = _post(host.base_url + "/runtime/webhooks/EventGrid?functionName=nope", validation)
+    assert status == 404
+
+
+@pytest.mark.parametrize("file", ["ml-step-run-completed.eventgrid.json", "ml-pipeline-run-completed.cloudevent.json",
+                                  "ml-pipeline-run-failed.eventgrid.json"])
+def test_events_about_foreign_or_unknown_runs_are_acknowledged_and_ignored(host, file):
+    url = host.base_url + "/runtime/webhooks/EventGrid?functionName=job_events"
+    status, _, _ = _post(url, reference_events(file))
+    assert status == 200
+    assert [i["outcome"] for i in _invocations(host, "job_events")] == ["Succeeded"]
+    assert _peek("deployments") == []
+
+
+def test_blob_webhook_and_container_scan_process_a_blob_version_once(host, tmp_path):
+    from local import sampledata
+    from shared import storage
+    data = sampledata.write(tmp_path / "d.jsonl", 60)
+    datasets = storage.container("datasets")
+    with open(data, "rb") as f:
+        datasets.upload_blob("hooked/d.jsonl", f)
+    event = reference_events("storage-blob-created.eventgrid.json")
+    event[0]["subject"] = "/blobServices/default/containers/datasets/blobs/hooked/d.jsonl"
+    status, _, _ = _post(host.base_url + "/runtime/webhooks/blobs?functionName=Host.Functions.data_arrival", event)
+    assert status == 202
+    wait_for(lambda: _peek("finetune-requests") or _invocations(host, "submit"), 60, "the fine-tune request")
+    _post(host.base_url + "/runtime/webhooks/blobs?functionName=Host.Functions.data_arrival", event)
+    wait_for(lambda: _invocations(host, "submit"), 60, "submit to run")
+    assert len(_invocations(host, "data_arrival")) == 1
