@@ -2,7 +2,7 @@
 
 In Azure they are the Function App's application settings; locally the host (ours or Core
 Tools) loads them from `local.settings.json` `Values`. Every setting has one name, one default
-and one line of meaning here, and the README's settings table is generated from the same list.
+and one line of meaning here; a test keeps the README's settings table in step with this list.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_BASE_MODEL_DIR", "", "Local backend: a local Phi-3-architecture checkpoint folder to use instead of the built one."),
     Setting("TUNEFLOW_ENDPOINT_TTL", "2h", "How long an endpoint lives before the reaper deletes it (30m, 8h, 7d, 2w, PT8H)."),
     Setting("TUNEFLOW_REAPER_SCHEDULE", "0 */5 * * * *", "NCRONTAB (6 fields, seconds first) of the reaper timer."),
-    Setting("TUNEFLOW_TEST_FRACTION", "0.1", "Share of rows held out for the test split when the file names no split."),
+    Setting("TUNEFLOW_TEST_FRACTION", "0.1", "Share of rows held out for the test split (deterministic, by prompt_id hash)."),
     Setting("TUNEFLOW_MAX_REJECTED_SHARE", "0.05", "Refuse the whole dataset when more than this share of rows is rejected."),
     Setting("TUNEFLOW_MAX_ROW_BYTES", "262144", "Rows larger than this (bytes of JSON) are rejected."),
     Setting("TUNEFLOW_FINETUNE_PARAMS", "{}", "JSON object of default fine-tune parameters, overridden per request."),

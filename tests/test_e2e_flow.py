@@ -93,3 +93,20 @@ def _invocations(host, function: str) -> int:
         return 0
     return sum(1 for line in host.invocations_log.read_text().splitlines()
                if json.loads(line)["function"] == function and json.loads(line)["outcome"] == "Succeeded")
+
+
+def test_a_failed_job_is_recorded_and_visible_and_nothing_is_deployed(host, workspace, tmp_path, monkeypatch):
+    from local import sampledata
+    empty_checkpoint = tmp_path / "no-model-here"
+    empty_checkpoint.mkdir()
+    monkeypatch.setenv("TUNEFLOW_BASE_MODEL_DIR", str(empty_checkpoint))
+    upload(sampledata.write(tmp_path / "f.jsonl", 60), "e2e-fail/f.jsonl")
+    status = wait_for(lambda: (s := stage_of("e2e-fail")) and s.stage == "job-failed" and s, 180,
+                      "the failed job to be recorded")
+    assert "TUNEFLOW_BASE_MODEL_DIR" in status.details["job-failed"]["error"]
+    assert workspace.list_endpoints() == []
+    assert [i for i in _all(host) if i["function"] == "deploy"] == []
+
+
+def _all(host):
+    return [json.loads(line) for line in host.invocations_log.read_text().splitlines()]

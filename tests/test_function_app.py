@@ -60,3 +60,10 @@ def test_requirements_for_azure_hold_no_local_only_packages():
     for pkg in ("torch", "mlflow", "transformers", "peft"):
         assert not re.search(rf"^{pkg}\b", reqs, re.M)
     assert re.search(r"^azure-functions==1\.", reqs, re.M)
+
+
+def test_readme_documents_every_setting():
+    from shared.settings import SETTINGS
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"
