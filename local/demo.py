@@ -72,7 +72,6 @@ def run_demo(console: Console, keep: bool = False) -> int:
     logging.getLogger().setLevel(logging.INFO)
 
     from local import sampledata
-    from shared import naming
     from shared.ml import get_backend
     from shared.scoring import held_out_prompt, reply_text, request_body
 

@@ -204,6 +204,8 @@ class LocalHost:
             self.functions[fn.get_function_name()] = FunctionSpec(
                 fn.get_function_name(), trigger, outputs, fn.get_user_function())
         self._storage = StorageConnection.from_env()
+        schedules = {spec.name: Schedule.parse(resolve(spec.trigger["schedule"])) for spec in self.functions.values()
+                     if spec.trigger["type"] == "timerTrigger"}  # a bad schedule stops the start, loudly
         self._server = ThreadingHTTPServer(("127.0.0.1", self.requested_port), _handler_for(self))
         self._server.daemon_threads = True
         os.environ.setdefault("TUNEFLOW_EVENTS_URL", f"{self.base_url}/runtime/webhooks/EventGrid?functionName=job_events")
@@ -217,7 +219,7 @@ class LocalHost:
             elif kind == "serviceBusTrigger":
                 self._spawn(f"servicebus:{spec.name}", self._queue_loop, spec, False)
             elif kind == "timerTrigger":
-                self._spawn(f"timer:{spec.name}", self._timer_loop, spec)
+                self._spawn(f"timer:{spec.name}", self._timer_loop, spec, schedules[spec.name])
             elif kind != "eventGridTrigger":
                 raise HostError(f"function {spec.name}: trigger type {kind} is not supported by the local host")
         log.info("local Functions host listening on %s with %d functions: %s", self.base_url,
@@ -359,8 +361,7 @@ class LocalHost:
             client.update_message(msg, visibility_timeout=int(retry_delay))
 
     # -- timer trigger --------------------------------------------------------------------------
-    def _timer_loop(self, spec: FunctionSpec) -> None:
-        schedule = Schedule.parse(resolve(spec.trigger["schedule"]))
+    def _timer_loop(self, spec: FunctionSpec, schedule: Schedule) -> None:
         while not self._stop.is_set():
             now = datetime.now(timezone.utc)
             due = schedule.next_after(now)
@@ -506,22 +507,21 @@ def _handler_for(host: LocalHost):
                 return self._blob_events(spec, payload)
             self._reply(404, {"error": f"no route {self.path}"})
 
-        def _events(self, payload) -> list[dict] | None:
+        def _events_or_handshake(self, payload) -> list[dict] | None:
+            """The delivered events; None when this request was answered already (bad body, handshake)."""
             events = payload if isinstance(payload, list) else [payload]
-            return events if all(isinstance(e, dict) for e in events) else None
-
-        def _validation(self, events: list[dict]) -> bool:
+            if not all(isinstance(e, dict) for e in events):
+                self._reply(400, {"error": "body must be an event or an array of events"})
+                return None
             for e in events:
                 if e.get("eventType") == "Microsoft.EventGrid.SubscriptionValidationEvent":
                     self._reply(200, {"validationResponse": (e.get("data") or {}).get("validationCode")})
-                    return True
-            return False
+                    return None
+            return events
 
         def _event_grid(self, spec: FunctionSpec, payload) -> None:
-            events = self._events(payload)
+            events = self._events_or_handshake(payload)
             if events is None:
-                return self._reply(400, {"error": "body must be an event or an array of events"})
-            if self._validation(events):
                 return
             failed = [o.error for o in (host.invoke(spec, _event_grid_event(e), time.time()) for e in events) if not o.ok]
             if failed:  # Event Grid retries the delivery on any non-2xx answer
@@ -529,10 +529,8 @@ def _handler_for(host: LocalHost):
             self._reply(200, {})
 
         def _blob_events(self, spec: FunctionSpec, payload) -> None:
-            events = self._events(payload)
+            events = self._events_or_handshake(payload)
             if events is None:
-                return self._reply(400, {"error": "body must be an event or an array of events"})
-            if self._validation(events):
                 return
             container = host._blob_container(spec)
             from shared.storage import blob_service

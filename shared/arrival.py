@@ -43,6 +43,11 @@ def spool(blob_client, dest: Path) -> tuple[str, int, str]:
     return h.hexdigest(), size, props.etag
 
 
+def _not_found():
+    from azure.core.exceptions import ResourceNotFoundError
+    return ResourceNotFoundError
+
+
 def _if_match():
     from azure.core import MatchConditions
     return MatchConditions.IfNotModified
@@ -70,7 +75,11 @@ def handle_dataset_blob(blob_client, options: PrepareOptions | None = None) -> F
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuneflow-prep-") as tmp:
         src = Path(tmp) / filename
-        sha, size, etag = spool(blob_client, src)
+        try:
+            sha, size, etag = spool(blob_client, src)
+        except _not_found() as exc:  # deleted since the trigger fired: nothing to prepare
+            log.warning("dataset blob %s is gone (%s): nothing to prepare", blob_name, type(exc).__name__)
+            return None
         version = naming.dataset_version(sha, options.as_dict())
         prefix = naming.prepared_prefix(dataset, version)
         request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, {}), dataset=dataset, version=version)

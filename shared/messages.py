@@ -6,13 +6,16 @@ moves it to the poison (storage queue) or dead-letter (Service Bus) queue with t
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from shared import naming
 
 ParamValue = Union[bool, int, float, str]
+DatasetName = Annotated[str, AfterValidator(naming.check_dataset)]
+DatasetVersion = Annotated[str, AfterValidator(naming.check_version)]
+FlowId = Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$")]
 
 
 class _Message(BaseModel):
@@ -30,20 +33,10 @@ class _Message(BaseModel):
 class FinetuneRequest(_Message):
     """`finetune-requests` queue: fine-tune one prepared dataset version."""
 
-    flow_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
-    dataset: str
-    version: str
+    flow_id: FlowId
+    dataset: DatasetName
+    version: DatasetVersion
     params: dict[str, ParamValue] = Field(default_factory=dict)
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return naming.check_dataset(v)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        return naming.check_version(v)
 
     @field_validator("params")
     @classmethod
@@ -57,22 +50,12 @@ class FinetuneRequest(_Message):
 class DeployRequest(_Message):
     """`deployments` Service Bus queue: deploy one registered model version."""
 
-    flow_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
-    dataset: str
-    version: str
+    flow_id: FlowId
+    dataset: DatasetName
+    version: DatasetVersion
     job: str = Field(pattern=r"^[A-Za-z0-9_-]{1,255}$")
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
     model_version: str = Field(pattern=r"^[0-9]{1,12}$")
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return naming.check_dataset(v)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        return naming.check_version(v)
 
     @property
     def message_id(self) -> str:

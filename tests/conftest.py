@@ -95,3 +95,11 @@ def host(workspace, monkeypatch, tmp_path):
     monkeypatch.setenv("TUNEFLOW_EVENTS_URL", os.environ["TUNEFLOW_EVENTS_URL"])
     yield h
     h.stop()
+
+
+def invocations(host, function: str, outcome: str | None = None) -> list[dict]:
+    """The host's invocation records for one function (optionally only one outcome)."""
+    if not host.invocations_log.exists():
+        return []
+    rows = [json.loads(line) for line in host.invocations_log.read_text().splitlines()]
+    return [r for r in rows if r["function"] == function and (outcome is None or r["outcome"] == outcome)]

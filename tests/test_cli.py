@@ -73,3 +73,34 @@ def test_storage_down_is_one_line_that_says_what_to_do():
                                   "AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"})
     assert res.returncode == 1
     assert "tuneflow up" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_up_runs_the_host_until_interrupted(storage_env, tmp_path):
+    import signal
+    import socket
+    import urllib.request
+
+    from tests.conftest import wait_for
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TUNEFLOW_REAPER_SCHEDULE": "0 0 0 1 1 *", "TUNEFLOW_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "local.cli", "up", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def running():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/host/status", timeout=2) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+        status = wait_for(running, 60, "`tuneflow up` to serve the host status")
+        assert status["functions"] == ["data_arrival", "deploy", "job_events", "reaper", "submit"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "job_events" in proc.stdout.read()

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import invocations, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -61,8 +61,8 @@ def test_dataset_travels_the_whole_way_and_repeats_are_harmless(host, workspace,
 
     # Same file again (a new blob version, same bytes): one prepared version, one job.
     upload(data, "e2e-chat/chat-again.jsonl")
-    wait_for(lambda: _invocations(host, "data_arrival") >= 2, 60, "the second drop to be processed")
-    wait_for(lambda: _invocations(host, "submit") >= 2, 60, "the second request to be handled")
+    wait_for(lambda: len(invocations(host, "data_arrival", "Succeeded")) >= 2, 60, "the second drop to be processed")
+    wait_for(lambda: len(invocations(host, "submit", "Succeeded")) >= 2, 60, "the second request to be handled")
     from shared import storage
     versions = {b.name.split("/")[1] for b in storage.container("prepared").list_blobs(name_starts_with="e2e-chat/")}
     assert len(versions) == 1
@@ -74,7 +74,7 @@ def test_dataset_travels_the_whole_way_and_repeats_are_harmless(host, workspace,
     job_record = read_json(workspace.jobs / status.job / "job.json")
     assert post_event(host.base_url + "/runtime/webhooks/EventGrid?functionName=job_events",
                       run_event(job_record, "Completed"), deadline_s=30)
-    wait_for(lambda: _invocations(host, "deploy") >= 2, 120, "the redelivered deploy request")
+    wait_for(lambda: len(invocations(host, "deploy", "Succeeded")) >= 2, 120, "the redelivered deploy request")
     assert [e.name for e in workspace.list_endpoints()] == [status.endpoint]
     from mlflow import MlflowClient
     name = status.model.split(":")[0]
@@ -88,13 +88,6 @@ def test_dataset_travels_the_whole_way_and_repeats_are_harmless(host, workspace,
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _invocations(host, function: str) -> int:
-    if not host.invocations_log.exists():
-        return 0
-    return sum(1 for line in host.invocations_log.read_text().splitlines()
-               if json.loads(line)["function"] == function and json.loads(line)["outcome"] == "Succeeded")
-
-
 def test_a_failed_job_is_recorded_and_visible_and_nothing_is_deployed(host, workspace, tmp_path, monkeypatch):
     from local import sampledata
     empty_checkpoint = tmp_path / "no-model-here"
@@ -105,8 +98,4 @@ def test_a_failed_job_is_recorded_and_visible_and_nothing_is_deployed(host, work
                       "the failed job to be recorded")
     assert "TUNEFLOW_BASE_MODEL_DIR" in status.details["job-failed"]["error"]
     assert workspace.list_endpoints() == []
-    assert [i for i in _all(host) if i["function"] == "deploy"] == []
-
-
-def _all(host):
-    return [json.loads(line) for line in host.invocations_log.read_text().splitlines()]
+    assert invocations(host, "deploy") == []

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import reference_events, wait_for
+from tests.conftest import invocations, reference_events, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +40,6 @@ def _post(url: str, body, headers: dict | None = None, method: str = "POST"):
 def _alive(host) -> bool:
     with urllib.request.urlopen(host.base_url + "/admin/host/status", timeout=10) as resp:
         return json.loads(resp.read())["state"] == "Running"
-
-
-def _invocations(host, function: str) -> list[dict]:
-    if not host.invocations_log.exists():
-        return []
-    rows = [json.loads(line) for line in host.invocations_log.read_text().splitlines()]
-    return [r for r in rows if r["function"] == function]
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -103,7 +96,7 @@ def test_malformed_dataset_gets_an_error_report_and_no_message(host):
     assert blob.download_blob().readall() == content and blob.get_blob_properties().etag == etag
     assert _peek("finetune-requests") == []
     assert _alive(host)
-    assert [i["outcome"] for i in _invocations(host, "data_arrival")] == ["Succeeded"]
+    assert [i["outcome"] for i in invocations(host, "data_arrival")] == ["Succeeded"]
 
 
 def test_blob_with_an_unsafe_name_is_refused_with_a_report(host):
@@ -132,7 +125,7 @@ def test_events_about_foreign_or_unknown_runs_are_acknowledged_and_ignored(host,
     url = host.base_url + "/runtime/webhooks/EventGrid?functionName=job_events"
     status, _, _ = _post(url, reference_events(file))
     assert status == 200
-    assert [i["outcome"] for i in _invocations(host, "job_events")] == ["Succeeded"]
+    assert [i["outcome"] for i in invocations(host, "job_events")] == ["Succeeded"]
     assert _peek("deployments") == []
 
 
@@ -147,7 +140,17 @@ def test_blob_webhook_and_container_scan_process_a_blob_version_once(host, tmp_p
     event[0]["subject"] = "/blobServices/default/containers/datasets/blobs/hooked/d.jsonl"
     status, _, _ = _post(host.base_url + "/runtime/webhooks/blobs?functionName=Host.Functions.data_arrival", event)
     assert status == 202
-    wait_for(lambda: _peek("finetune-requests") or _invocations(host, "submit"), 60, "the fine-tune request")
+    wait_for(lambda: _peek("finetune-requests") or invocations(host, "submit"), 60, "the fine-tune request")
     _post(host.base_url + "/runtime/webhooks/blobs?functionName=Host.Functions.data_arrival", event)
-    wait_for(lambda: _invocations(host, "submit"), 60, "submit to run")
-    assert len(_invocations(host, "data_arrival")) == 1
+    wait_for(lambda: invocations(host, "submit"), 60, "submit to run")
+    assert len(invocations(host, "data_arrival")) == 1
+
+
+def test_a_bad_timer_schedule_stops_the_host_from_starting(workspace, monkeypatch):
+    from local.host import LocalHost
+    from local.ncrontab import InvalidSchedule
+    from tests.conftest import ROOT
+    monkeypatch.setenv("TUNEFLOW_REAPER_SCHEDULE", "every five minutes")
+    with pytest.raises(InvalidSchedule) as exc:
+        LocalHost(project_dir=ROOT, port=0, settings_file="none.json").start()
+    assert "seconds first" in str(exc.value)

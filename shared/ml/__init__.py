@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from shared import settings
-from shared.ml.base import (AlreadyExists, EndpointInfo, JobInfo, JobSpec, MLBackend, MLError,  # noqa: F401
-                            ModelRef, NotConfigured, NotFound)
+from shared.ml.base import (AlreadyExists, EndpointInfo, JobInfo, JobSpec, MLBackend, MLError, ModelRef,
+                            NotConfigured, NotFound)
+
+__all__ = ["AlreadyExists", "EndpointInfo", "JobInfo", "JobSpec", "MLBackend", "MLError", "ModelRef",
+           "NotConfigured", "NotFound", "get_backend"]
 
 
 def get_backend() -> MLBackend:
