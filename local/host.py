@@ -210,14 +210,15 @@ class LocalHost:
         self._server.daemon_threads = True
         os.environ.setdefault("TUNEFLOW_EVENTS_URL", f"{self.base_url}/runtime/webhooks/EventGrid?functionName=job_events")
         self._spawn("http", self._server.serve_forever)
+        # Listeners are ready (queues and containers exist) before start() returns, as with the real host.
         for spec in self.functions.values():
             kind = spec.trigger["type"]
             if kind == "blobTrigger":
-                self._spawn(f"blob:{spec.name}", self._blob_loop, spec)
+                self._spawn(f"blob:{spec.name}", self._blob_loop, spec, self._blob_listener(spec))
             elif kind == "queueTrigger":
-                self._spawn(f"queue:{spec.name}", self._queue_loop, spec, True)
+                self._spawn(f"queue:{spec.name}", self._queue_loop, spec, True, self._queue(resolve(spec.trigger["queueName"])))
             elif kind == "serviceBusTrigger":
-                self._spawn(f"servicebus:{spec.name}", self._queue_loop, spec, False)
+                self._spawn(f"servicebus:{spec.name}", self._queue_loop, spec, False, self._queue(resolve(spec.trigger["queueName"])))
             elif kind == "timerTrigger":
                 self._spawn(f"timer:{spec.name}", self._timer_loop, spec, schedules[spec.name])
             elif kind != "eventGridTrigger":
@@ -318,14 +319,13 @@ class LocalHost:
         log.error("%s: message moved to %s after %d deliveries: %s", spec.name, queue, deliveries, reason)
 
     # -- queue and Service Bus triggers ---------------------------------------------------------
-    def _queue_loop(self, spec: FunctionSpec, storage_queue: bool) -> None:
-        name = resolve(spec.trigger["queueName"])
+    def _queue_loop(self, spec: FunctionSpec, storage_queue: bool, client) -> None:
+        name = client.queue_name
         if storage_queue:
             max_deliveries, retry_delay = self.config.max_dequeue_count, self.config.visibility_timeout_s
             dead_letter = f"{name}-poison"
         else:
             max_deliveries, retry_delay, dead_letter = SERVICE_BUS_MAX_DELIVERY, 0.0, f"{name}-deadletter"
-        client = self._queue(name)
         while not self._stop.is_set():
             try:
                 batch = list(client.receive_messages(messages_per_page=self.config.batch_size,
@@ -373,12 +373,15 @@ class LocalHost:
     def _blob_container(self, spec: FunctionSpec) -> str:
         return resolve(spec.trigger["path"]).split("/", 1)[0]
 
-    def _blob_loop(self, spec: FunctionSpec) -> None:
+    def _blob_listener(self, spec: FunctionSpec):
         from shared.storage import blob_service, ensure_container
         service = blob_service(self._storage)
         container = service.get_container_client(self._blob_container(spec))
         ensure_container(container)
         ensure_container(service.get_container_client(RECEIPTS_CONTAINER))
+        return container
+
+    def _blob_loop(self, spec: FunctionSpec, container) -> None:
         while not self._stop.is_set():
             try:
                 blobs = [(b.name, b.etag, b.last_modified) for b in container.list_blobs()]
