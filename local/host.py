@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -154,7 +154,6 @@ class InvocationRecord:
     started_at: str = ""
     outputs_sent_at: str = ""
     error: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _iso(ts: float) -> str:
@@ -302,14 +301,8 @@ class LocalHost:
 
     # -- storage helpers ------------------------------------------------------------------------
     def _queue(self, name: str):
-        from azure.core.exceptions import ResourceExistsError
-        from shared.storage import queue_service
-        client = queue_service(self._storage).get_queue_client(name)
-        try:
-            client.create_queue()
-        except ResourceExistsError:
-            pass
-        return client
+        from shared.storage import queue
+        return queue(name, self._storage)
 
     def _poison(self, queue: str, body: str, reason: str, spec: FunctionSpec, deliveries: int,
                 encode: bool) -> None:

@@ -40,6 +40,11 @@ def queue_service(conn: StorageConnection | None = None):
     return QueueServiceClient(conn.queue_service_uri, credential=_credential(), **_client_options)
 
 
+# Containers and queues this process has already made sure exist (by URL): one create call each,
+# not one per invocation.
+_ensured: set[str] = set()
+
+
 def container(name: str, conn: StorageConnection | None = None, create: bool = True):
     client = blob_service(conn).get_container_client(name)
     if create:
@@ -48,11 +53,30 @@ def container(name: str, conn: StorageConnection | None = None, create: bool = T
 
 
 def ensure_container(client) -> None:
+    _ensure(client.url, client.create_container)
+
+
+def queue(name: str, conn: StorageConnection | None = None):
+    """A queue client; the queue is created if it does not exist yet."""
+    client = queue_service(conn).get_queue_client(name)
+    _ensure(client.url, client.create_queue)
+    return client
+
+
+def forget_ensured() -> None:
+    """Forget which containers and queues exist (after something deleted them, e.g. between tests)."""
+    _ensured.clear()
+
+
+def _ensure(url: str, create) -> None:
     from azure.core.exceptions import ResourceExistsError
+    if url in _ensured:
+        return
     try:
-        client.create_container()
+        create()
     except ResourceExistsError:
         pass
+    _ensured.add(url)
 
 
 def put_json(container_client, name: str, value, overwrite: bool = True) -> None:
@@ -82,10 +106,4 @@ def encode_queue_message(text: str) -> str:
 
 def send_queue_message(queue_name: str, text: str, conn: StorageConnection | None = None) -> None:
     """Enqueue as the queue output binding would (base64), for tools outside the Functions host."""
-    from azure.core.exceptions import ResourceExistsError
-    client = queue_service(conn).get_queue_client(queue_name)
-    try:
-        client.create_queue()
-    except ResourceExistsError:
-        pass
-    client.send_message(encode_queue_message(text))
+    queue(queue_name, conn).send_message(encode_queue_message(text))

@@ -63,6 +63,8 @@ def _clean_storage(conn: str) -> None:
     for q in queues.list_queues():
         queues.delete_queue(q.name)
     wait_for(lambda: not list(blobs.list_containers()), 30, "containers to be deleted")
+    from shared import storage
+    storage.forget_ensured()
 
 
 @pytest.fixture(scope="session")
