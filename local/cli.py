@@ -148,6 +148,43 @@ def cmd_reap(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    """Exactly the data_arrival function's preparation, on local files."""
+    import hashlib
+    import os
+
+    from shared import naming
+    from shared.arrival import prepare_to_dir
+    from shared.dataset import PrepareOptions
+    from shared.sources import Source
+    paths = [Path(p) for p in args.inputs]
+    for p in paths:
+        if not p.is_file():
+            raise UsageError(f"{p} is not a file: give .parquet, .jsonl, .jsonl.gz or .json files")
+    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    sources = []
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        sources.append(Source(str(p.resolve().relative_to(root)), p, sha256=h.hexdigest(), bytes=p.stat().st_size))
+    overrides = {k: v for k, v in (("split_pc", args.split_pc), ("sample", args.sample),
+                                   ("test_fraction", args.test_fraction), ("seed", args.seed)) if v is not None}
+    options = PrepareOptions.from_settings(overrides)
+    default_name = naming.slug(paths[0].name.split(".")[0] if len(paths) == 1 else root.name, 40)
+    manifest = prepare_to_dir(naming.check_dataset(args.dataset or default_name), sources, options, Path(args.out))
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from local.ingest import ingest
+    blobs = ingest(args.hf, args.dataset, args.split_pc, console)
+    console.print(f"uploaded {len(blobs)} files to datasets/{blobs[-1].split('/')[0]}/; follow it with `tuneflow status`")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from local.demo import run_demo
     return run_demo(console, keep=args.keep)
@@ -186,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--dry-run", action="store_true", help="only print the decisions")
     reap.add_argument("--json", action="store_true")
     reap.set_defaults(fn=cmd_reap)
+    prep = sub.add_parser("prepare", help="prepare local files exactly as data_arrival does; print the manifest")
+    prep.add_argument("inputs", nargs="+", metavar="INPUT")
+    prep.add_argument("--out", required=True, help="folder for train.jsonl, test.jsonl, rejected.jsonl, manifest.json")
+    prep.add_argument("--dataset", help="dataset name for the manifest (default: the first file's stem)")
+    prep.add_argument("--split-pc", type=float, help="keep N %% of each split (the seed's dataset_split_pc)")
+    prep.add_argument("--sample", choices=["first", "random"], help="first N %% in file order, or a seeded random sample")
+    prep.add_argument("--test-fraction", type=float, help="test share when no file names its split")
+    prep.add_argument("--seed", type=int)
+    prep.set_defaults(fn=cmd_prepare)
+    ingest = sub.add_parser("ingest", help="pull a dataset with `datasets` (hub id or local folder) into datasets/")
+    ingest.add_argument("--hf", required=True, metavar="DATASET", help="e.g. HuggingFaceH4/ultrachat_200k, or a local folder")
+    ingest.add_argument("--dataset", help="name in the datasets container (default: from --hf)")
+    ingest.add_argument("--split-pc", type=float, help="written into dataset.json options: keep N %% of each split")
+    ingest.set_defaults(fn=cmd_ingest)
     demo = sub.add_parser("demo", help="run the whole flow once on a fresh local stack")
     demo.add_argument("--keep", action="store_true", help="keep the demo's state folder afterwards")
     demo.set_defaults(fn=cmd_demo)
@@ -204,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line first, details on request
-        err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
+        sys.stderr.write(f"error: {_one_line(exc)}\n")  # one line, never wrapped
         if args.verbose:
             err_console.print(traceback.format_exc(), highlight=False)
         return 1
 
 
 def _one_line(exc: Exception) -> str:
+    if hasattr(exc, "one_line"):
+        return exc.one_line()
     text = str(exc).strip().splitlines()
     if type(exc).__name__ == "ValidationError":  # pydantic: name the field
         errors = exc.errors()

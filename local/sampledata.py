@@ -60,21 +60,40 @@ def rows(n: int, seed: int = 0) -> Iterator[dict]:
 
 def write(path: Path, n: int, seed: int = 0) -> Path:
     """Write `n` rows as .jsonl, .json (array) or .parquet, chosen by the file's suffix."""
+    return write_rows(path, rows(n, seed))
+
+
+def write_rows(path: Path, items) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         with open(path, "w", encoding="utf-8") as f:
-            for r in rows(n, seed):
+            for r in items:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     elif suffix == ".json":
-        path.write_text(json.dumps(list(rows(n, seed)), ensure_ascii=False))
+        path.write_text(json.dumps(list(items), ensure_ascii=False))
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
         schema = pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()),
                             ("messages", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])))])
-        pq.write_table(pa.Table.from_pylist(list(rows(n, seed)), schema=schema), path)
+        writer = None
+        batch = []
+        for r in items:  # in row groups: 200k rows never sit in memory at once
+            batch.append(r)
+            if len(batch) == 10_000:
+                writer = _write_batch(pa, pq, path, schema, batch, writer)
+                batch = []
+        if batch or writer is None:
+            writer = _write_batch(pa, pq, path, schema, batch, writer)
+        writer.close()
     else:
         raise ValueError(f"cannot write {path.name}: use a .jsonl, .json or .parquet file name")
     return path
+
+
+def _write_batch(pa, pq, path, schema, batch, writer):
+    writer = writer or pq.ParquetWriter(path, schema)
+    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    return writer

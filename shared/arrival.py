@@ -1,122 +1,236 @@
-"""Data arrival: one dataset blob in, one prepared version (or an error report) out.
+"""Data arrival: dataset blobs in, one prepared version (or an error report) out.
 
-Order of writes, so that nothing half-done looks done: the data files first, `manifest.json` last,
-and the queue message only after the manifest (the caller's output binding is written by the host
-after the function returns). A version whose manifest exists is complete; a repeated trigger then
-re-emits the same request (the submit step is idempotent) instead of preparing again.
+Which files make a dataset:
+- a single file `datasets/<dataset>/<file>` is prepared as soon as it lands;
+- a multi-file dataset has a `datasets/<dataset>/dataset.json`:
+  `{"files": ["data/train_sft-00000-of-00002.parquet", ...], "options": {"split_pc": 5}}`.
+  It is prepared once every listed file is there, whichever blob lands last; until then each
+  arrival just waits (no error). A file named like a hub shard (`-00000-of-00003`) without a
+  dataset.json waits for one.
+
+Order of writes, so that nothing half-done looks done: data files, `manifest.json`, then the
+sources index, and the queue message only after that (the host writes output bindings after the
+function returns). A repeated trigger finds the manifest (through the index of the sources'
+etags, without downloading them) and re-emits the same request; submit is idempotent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared import flows, naming, storage
-from shared.contracts import FLOWS_CONTAINER, PREPARED_CONTAINER
-from shared.dataset import OUTPUT_FILES, DatasetRefused, PrepareOptions, prepare
+from shared.contracts import DATASETS_CONTAINER, FLOWS_CONTAINER, PREPARED_CONTAINER
+from shared.dataset import OUTPUT_FILES, DatasetRefused, PrepareOptions, engine, prepare
 from shared.messages import FinetuneRequest
 from shared.observability import bind_flow
+from shared.sources import SHARD_RE, Source, kind_of, split_of
 from shared.ttl import format_utc, utcnow
 
 log = logging.getLogger("tuneflow.arrival")
-CHUNK = 4 * 1024 * 1024
 
 
-def spool(blob_client, dest: Path) -> tuple[str, int, str]:
+class BlobChanged(RuntimeError):
+    """The blob was overwritten while it was being read: raise, so the trigger retries the new version."""
+
+
+@dataclass
+class DatasetFiles:
+    dataset: str
+    files: dict[str, str]  # file path inside the dataset -> etag
+    options: dict
+
+
+def spool(blob_client, dest: Path, etag: str | None = None) -> tuple[str, int, str]:
     """Copy the blob to a local file by chunks (never whole in memory); return (sha256, bytes, etag).
 
-    The download is pinned to the etag seen first, so a blob overwritten mid-read fails loudly
+    The download is pinned to one etag, so a blob overwritten mid-read fails loudly (BlobChanged)
     instead of yielding a mix of two versions.
     """
-    props = blob_client.get_blob_properties()
-    h = hashlib.sha256()
-    size = 0
-    stream = blob_client.download_blob(etag=props.etag, match_condition=_if_match())
-    with open(dest, "wb") as f:
-        for chunk in stream.chunks():
-            h.update(chunk)
-            f.write(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size, props.etag
-
-
-def _not_found():
-    from azure.core.exceptions import ResourceNotFoundError
-    return ResourceNotFoundError
-
-
-def _if_match():
     from azure.core import MatchConditions
-    return MatchConditions.IfNotModified
+    from azure.core.exceptions import ResourceModifiedError
+    etag = etag or blob_client.get_blob_properties().etag
+    h, size = hashlib.sha256(), 0
+    try:
+        stream = blob_client.download_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+        with open(dest, "wb") as f:
+            for chunk in stream.chunks():
+                h.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+    except ResourceModifiedError:
+        raise BlobChanged(f"{blob_client.blob_name} changed while it was read: preparing again") from None
+    return h.hexdigest(), size, etag
 
 
-def handle_dataset_blob(blob_client, options: PrepareOptions | None = None) -> FinetuneRequest | None:
-    """Prepare the dataset blob; return the fine-tune request to enqueue, or None when refused."""
+def _report_invalid(prepared, key: str, report: dict) -> str:
+    name = f"_invalid/{hashlib.sha256(key.encode()).hexdigest()[:16]}/error.json"
+    storage.put_json(prepared, name, {**report, "created_at": format_utc(utcnow())})
+    return name
+
+
+def find_dataset_files(datasets, dataset: str, arrived: str) -> DatasetFiles | str:
+    """The files of the dataset the arrived blob belongs to, or a string saying why it waits / is ignored."""
+    listing = {b.name.split("/", 1)[1]: b.etag for b in datasets.list_blobs(name_starts_with=f"{dataset}/")}
+    spec = storage.get_json(datasets, f"{dataset}/{naming.DATASET_FILE}") if naming.DATASET_FILE in listing else None
+    if spec is None:
+        if arrived == naming.DATASET_FILE:
+            return "dataset.json vanished"
+        if SHARD_RE.search(arrived):
+            return f"{arrived} looks like one shard of a multi-file dataset: waiting for {dataset}/{naming.DATASET_FILE}"
+        return DatasetFiles(dataset, {arrived: listing.get(arrived, "")}, {})
+    files, options = _read_spec(spec, dataset)
+    if arrived != naming.DATASET_FILE and arrived not in files:
+        return f"{arrived} is not listed in {dataset}/{naming.DATASET_FILE}: ignored"
+    missing = [f for f in files if f not in listing]
+    if missing:
+        return f"waiting for {len(missing)} of {len(files)} files listed in {dataset}/{naming.DATASET_FILE} (e.g. {missing[0]})"
+    return DatasetFiles(dataset, {f: listing[f] for f in files}, options)
+
+
+def _read_spec(spec, dataset: str) -> tuple[list[str], dict]:
+    where = f"datasets/{dataset}/{naming.DATASET_FILE}"
+    if not isinstance(spec, dict) or not isinstance(spec.get("files"), list) or not spec["files"]:
+        raise DatasetRefused(f"{where} has no 'files' list", 'write {"files": ["data/train_sft-00000-of-00001.parquet", ...], '
+                             '"options": {...}}', where=where)
+    files = []
+    for f in spec["files"]:
+        if not isinstance(f, str) or f == naming.DATASET_FILE:
+            raise DatasetRefused(f"{where} lists {f!r}, which is not a data file", "list file paths inside the dataset folder", where=where)
+        try:
+            naming.dataset_blob(f"{dataset}/{f}")
+        except naming.InvalidName as exc:
+            raise DatasetRefused(f"{where} lists an unusable file: {exc}", "fix the name in dataset.json", where=where) from None
+        files.append(f)
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise DatasetRefused(f"{where}: 'options' must be an object", "e.g. {\"split_pc\": 5}", where=where)
+    return sorted(set(files)), options
+
+
+def handle_dataset_blob(blob_client) -> FinetuneRequest | None:
+    """Prepare the dataset the blob completes; return the fine-tune request to enqueue, or None."""
     blob_name = blob_client.blob_name
     if naming.is_ignored_blob(blob_name):
         log.info("ignoring %s (not a dataset file)", blob_name)
         return None
-    options = options or PrepareOptions.from_settings()
     prepared = storage.container(PREPARED_CONTAINER)
-    flow_log = storage.container(FLOWS_CONTAINER)
     try:
-        dataset, filename = naming.dataset_blob(blob_name)
+        dataset, arrived = naming.dataset_blob(blob_name)
     except naming.InvalidName as exc:
-        report = {"error": str(exc), "where": f"datasets/{blob_name}", "rows": {},
-                  "fix": "rename the blob to datasets/<dataset>/<file>.jsonl|.json|.parquet"}
-        name = f"_invalid-names/{hashlib.sha256(blob_name.encode()).hexdigest()[:16]}/error.json"
-        storage.put_json(prepared, name, report)
+        name = _report_invalid(prepared, blob_name, {"error": str(exc), "where": f"datasets/{blob_name}", "rows": {},
+                                                     "fix": "rename the blob to datasets/<dataset>/<file>.jsonl|.jsonl.gz|.json|.parquet"})
         log.error("refused blob %r: %s (report: prepared/%s)", blob_name, exc, name)
         return None
+    datasets = storage.container(DATASETS_CONTAINER)
+    try:
+        found = find_dataset_files(datasets, dataset, arrived)
+        if isinstance(found, str):
+            log.info("%s: %s", blob_name, found)
+            return None
+        options = PrepareOptions.from_settings(found.options)
+    except (DatasetRefused, ValueError) as exc:
+        report = exc.report if isinstance(exc, DatasetRefused) else {
+            "error": f"datasets/{dataset}/{naming.DATASET_FILE}: {exc}", "where": f"datasets/{dataset}", "rows": {},
+            "fix": "fix the options in dataset.json"}
+        name = _report_invalid(prepared, f"{dataset}/{naming.DATASET_FILE}", report)
+        log.error("refused dataset %s: %s (report: prepared/%s)", dataset, report["error"], name)
+        return None
+    return _prepare_files(found, options, datasets, prepared)
+
+
+def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepared) -> FinetuneRequest | None:
+    dataset = found.dataset
+    settings_used = {**options.as_dict(), "engine": engine()}
+    # Index of (file names + etags + options) -> version: a repeat is recognised without downloading.
+    key = hashlib.sha256((naming.canonical_json(found.files) + naming.canonical_json(settings_used)).encode())
+    index = f"{dataset}/_sources/{key.hexdigest()[:24]}.json"
+    known = storage.get_json(prepared, index)
+    if known and storage.exists(prepared, f"{naming.prepared_prefix(dataset, known['version'])}/manifest.json"):
+        request = _request(dataset, known["version"])
+        log.info("%s already prepared as %s (same files and etags): re-emitting its request", dataset, known["version"])
+        return request
 
     started = time.perf_counter()
+    flow_log = storage.container(FLOWS_CONTAINER)
     with tempfile.TemporaryDirectory(prefix="tuneflow-prep-") as tmp:
-        src = Path(tmp) / filename
-        try:
-            sha, size, etag = spool(blob_client, src)
-        except _not_found() as exc:  # deleted since the trigger fired: nothing to prepare
-            log.warning("dataset blob %s is gone (%s): nothing to prepare", blob_name, type(exc).__name__)
-            return None
-        version = naming.dataset_version(sha, options.as_dict())
+        sources = []
+        for i, (rel, etag) in enumerate(sorted(found.files.items())):
+            src = Source(rel, Path(tmp) / f"in-{i}-{Path(rel).name}")
+            src.sha256, src.bytes, src.etag = spool(datasets.get_blob_client(f"{dataset}/{rel}"), src.path, etag or None)
+            sources.append(src)
+        version = version_of(sources, settings_used)
+        request = _request(dataset, version)
         prefix = naming.prepared_prefix(dataset, version)
-        request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, {}), dataset=dataset, version=version)
-        bind_flow(request.flow_id)
         if storage.exists(prepared, f"{prefix}/manifest.json"):
-            log.info("%s/%s already prepared as %s; re-emitting its request", dataset, filename, prefix)
-            return request
-        out = Path(tmp) / "out"
-        source = {"blob": f"datasets/{blob_name}", "etag": etag, "bytes": size, "sha256": sha}
-        try:
-            result = prepare(src, filename, out, options)
-        except DatasetRefused as refused:
-            _write_refusal(prepared, flow_log, prefix, out, refused, source, request)
-            return None
-        for name in OUTPUT_FILES:
-            with open(out / name, "rb") as f:
-                prepared.upload_blob(f"{prefix}/{name}", f, overwrite=True)
-        prepare_s = result.pop("seconds")
-        manifest = {"dataset": dataset, "version": version, "flow_id": request.flow_id, "sources": [source],
-                    "options": options.as_dict(), **result,
-                    "timings": {"prepare_s": prepare_s, "total_s": round(time.perf_counter() - started, 3)},
-                    "created_at": format_utc(utcnow())}
-        storage.put_json(prepared, f"{prefix}/manifest.json", manifest)
-    flows.record(flow_log, request.flow_id, "prepared", dataset=dataset, version=version,
-                 detail={"rows": manifest["rows"], "blob": f"datasets/{blob_name}"})
-    log.info("prepared %s -> prepared/%s: %s", blob_name, prefix, manifest["rows"])
+            log.info("%s already prepared as %s: re-emitting its request", dataset, prefix)
+        else:
+            out = Path(tmp) / "out"
+            try:
+                manifest = prepare_to_dir(dataset, sources, options, out, started)
+            except DatasetRefused as refused:
+                _write_refusal(prepared, flow_log, prefix, out, refused, request)
+                return None
+            for name in OUTPUT_FILES:
+                with open(out / name, "rb") as f:
+                    prepared.upload_blob(f"{prefix}/{name}", f, overwrite=True)
+            storage.put_json(prepared, f"{prefix}/manifest.json", manifest)
+            flows.record(flow_log, request.flow_id, "prepared", dataset=dataset, version=version,
+                         detail={"rows": manifest["rows"], "files": [d["blob"] for d in manifest["sources"]]})
+            log.info("prepared %s -> prepared/%s: %s", dataset, prefix, manifest["rows"])
+    storage.put_json(prepared, index, {"version": version, "files": found.files})
     return request
 
 
-def _write_refusal(prepared, flow_log, prefix, out: Path, refused: DatasetRefused, source: dict,
-                   request: FinetuneRequest) -> None:
+def version_of(sources: list[Source], settings_used: dict) -> str:
+    return naming.dataset_version([(kind_of(s.name) or "", split_of(s.name), s.sha256) for s in sources], settings_used)
+
+
+def prepare_to_dir(dataset: str, sources: list[Source], options: PrepareOptions, out_dir: Path,
+                   started: float | None = None) -> dict:
+    """Prepare `sources` into `out_dir` (train, test, rejected, then manifest.json); return the manifest.
+
+    The one code path of the function and of `tuneflow prepare`. On refusal, `error.json` is written
+    into `out_dir` and DatasetRefused is raised."""
+    started = started or time.perf_counter()
+    settings_used = {**options.as_dict(), "engine": engine()}
+    version = version_of(sources, settings_used)
+    described = [{"blob": f"{DATASETS_CONTAINER}/{dataset}/{s.name}", "etag": s.etag.strip('"'), "bytes": s.bytes,
+                  "sha256": s.sha256, "split": split_of(s.name)} for s in sources]
+    try:
+        result = prepare(sources, out_dir, options)
+    except DatasetRefused as refused:
+        refused.report["sources"] = described
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("train.jsonl", "test.jsonl"):  # nothing that looks like usable output is left
+            (out_dir / name).unlink(missing_ok=True)
+        (out_dir / "error.json").write_text(json.dumps({**refused.report, "created_at": format_utc(utcnow())}, indent=2))
+        raise
+    prepare_s = result.pop("seconds")
+    manifest = {"dataset": dataset, "version": version, "flow_id": naming.flow_id(dataset, version, {}),
+                "sources": described, "options": settings_used, **result, "created_at": format_utc(utcnow()),
+                "timings": {"prepare_s": prepare_s, "total_s": round(time.perf_counter() - started, 3)}}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def _request(dataset: str, version: str) -> FinetuneRequest:
+    request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, {}), dataset=dataset, version=version)
+    bind_flow(request.flow_id)
+    return request
+
+
+def _write_refusal(prepared, flow_log, prefix, out: Path, refused: DatasetRefused, request: FinetuneRequest) -> None:
     rejected = out / "rejected.jsonl"
     if rejected.exists():
         with open(rejected, "rb") as f:
             prepared.upload_blob(f"{prefix}/rejected.jsonl", f, overwrite=True)
-    report = {**refused.report, "source": source, "created_at": format_utc(utcnow())}
-    storage.put_json(prepared, f"{prefix}/error.json", report)
+    storage.put_json(prepared, f"{prefix}/error.json", {**refused.report, "created_at": format_utc(utcnow())})
     flows.record(flow_log, request.flow_id, "refused", dataset=request.dataset, version=request.version,
                  detail={"error": refused.one_line(), "report": f"prepared/{prefix}/error.json"})
-    log.error("refused %s: %s (report: prepared/%s/error.json)", source["blob"], refused.one_line(), prefix)
+    log.error("refused %s: %s (report: prepared/%s/error.json)", request.dataset, refused.one_line(), prefix)

@@ -18,7 +18,9 @@ _FLOW_NAMESPACE = uuid.UUID("6f1d6c1e-7a55-4c53-9b0e-2f7d1f0c9a10")
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+# The file that lists a multi-file dataset's files and options (see shared/arrival.py).
+DATASET_FILE = "dataset.json"
 # Blobs the app itself writes next to data or that tools leave behind; never datasets.
 IGNORED_SUFFIXES = (".error.json", ".tmp", ".partial")
 
@@ -28,27 +30,29 @@ class InvalidName(ValueError):
 
 
 def dataset_blob(blob_name: str) -> tuple[str, str]:
-    """Split a `datasets` blob name into (dataset, file name), refusing anything unsafe.
+    """Split a `datasets` blob name into (dataset, file path inside the dataset), refusing anything unsafe.
 
-    Accepted: `<dataset>/<file>.jsonl|.json|.parquet`. Dataset and file names are letters,
-    digits, `_`, `-`, `.`, starting with a letter or digit (no path traversal, no odd characters).
+    Accepted: `<dataset>/<file>` or `<dataset>/<folder>/<file>` (hub layout: `data/train_sft-00000-of-00003.parquet`),
+    files ending in .jsonl, .jsonl.gz, .json or .parquet. Names are letters, digits, `_`, `-`, `.`, starting
+    with a letter or digit (no path traversal, no odd characters).
     """
     blob_name = blob_name.removeprefix(f"{DATASETS_CONTAINER}/")
     parts = blob_name.split("/")
-    if len(parts) != 2:
+    if len(parts) not in (2, 3):
         raise InvalidName(
-            f"blob {blob_name!r} is not '<dataset>/<file>': put each dataset in its own folder, "
-            f"e.g. datasets/my-data/train.jsonl")
-    dataset, filename = parts
-    for label, value, pattern in (("dataset", dataset, DATASET_RE), ("file", filename, FILE_RE)):
+            f"blob {blob_name!r} is not '<dataset>/<file>' (or '<dataset>/<folder>/<file>'): put each dataset in "
+            f"its own folder, e.g. datasets/my-data/train.jsonl")
+    labels = ["dataset"] + ["folder"] * (len(parts) - 2) + ["file"]
+    for label, value in zip(labels, parts):
+        pattern = DATASET_RE if label == "dataset" else FILE_RE
         if not pattern.match(value) or ".." in value:
             raise InvalidName(
                 f"{label} name {value!r} in blob {blob_name!r} is not allowed: use letters, digits, "
                 f"'_', '-', '.', starting with a letter or digit ({pattern.pattern})")
-    if not filename.lower().endswith(DATA_SUFFIXES):
+    if not parts[-1].lower().endswith(DATA_SUFFIXES):
         raise InvalidName(
-            f"file {filename!r} has an unsupported type: use one of {', '.join(DATA_SUFFIXES)}")
-    return dataset, filename
+            f"file {parts[-1]!r} has an unsupported type: use one of {', '.join(DATA_SUFFIXES)}")
+    return parts[0], "/".join(parts[1:])
 
 
 def is_ignored_blob(blob_name: str) -> bool:
@@ -79,9 +83,12 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()
 
 
-def dataset_version(content_sha256: str, options: dict) -> str:
-    """Version of a prepared dataset: a hash of the input bytes and the preparation options."""
-    return _digest(content_sha256, canonical_json(options))[:16]
+def dataset_version(sources: list[tuple[str, ...]], options: dict) -> str:
+    """Version of a prepared dataset: a hash of what its files hold and the options.
+
+    `sources` are tuples of what decides the output (file kind, split named by the file, sha256 of
+    the bytes), not the file names: the same bytes dropped again under another name are one version."""
+    return _digest(canonical_json(sorted(sources)), canonical_json(options))[:16]
 
 
 def prepared_prefix(dataset: str, version: str) -> str:

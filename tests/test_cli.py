@@ -104,3 +104,61 @@ def test_up_runs_the_host_until_interrupted(storage_env, tmp_path):
             proc.kill()
             proc.wait()
     assert "job_events" in proc.stdout.read()
+
+
+def test_prepare_runs_the_function_code_on_local_files(tmp_path):
+    from local import sampledata
+    rows = list(sampledata.rows(260, seed=21))
+    sampledata.write_rows(tmp_path / "data" / "train_sft-00000-of-00001.parquet", rows[:200])
+    sampledata.write_rows(tmp_path / "data" / "test_sft-00000-of-00001.jsonl", rows[200:])
+    inputs = [str(tmp_path / "data" / "train_sft-00000-of-00001.parquet"), str(tmp_path / "data" / "test_sft-00000-of-00001.jsonl")]
+    res = tuneflow("prepare", *inputs, "--out", str(tmp_path / "out"), "--split-pc", "50")
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads(res.stdout)
+    assert (manifest["rows"]["train"], manifest["rows"]["test"]) == (100, 30)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
+    for name in ("train.jsonl", "test.jsonl", "rejected.jsonl"):
+        import hashlib
+        assert hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == manifest["files"][name]["sha256"]
+    again = json.loads(tuneflow("prepare", *inputs, "--out", str(tmp_path / "again"), "--split-pc", "50").stdout)
+    assert again["version"] == manifest["version"]
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "no rows"), (b"[1, 2]", "looks like a JSON array"), (b"garbage\n" * 5, "5 of 5 rows rejected"),
+])
+def test_prepare_refuses_unusable_input_in_one_line_and_leaves_it_untouched(tmp_path, content, words):
+    src = tmp_path / "d.jsonl"
+    src.write_bytes(content)
+    res = tuneflow("prepare", str(src), "--out", str(tmp_path / "out"))
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "d.jsonl" in lines[0]
+    assert src.read_bytes() == content
+    assert not (tmp_path / "out" / "manifest.json").exists() and (tmp_path / "out" / "error.json").exists()
+
+
+@pytest.mark.integration
+def test_ingest_from_a_local_hub_layout_folder(storage_env, tmp_path):
+    from local import sampledata
+    repo = tmp_path / "ultrachat_200k"
+    rows = list(sampledata.rows(150, seed=5))
+    sampledata.write_rows(repo / "data" / "train_sft-00000-of-00001.parquet", rows[:100])
+    sampledata.write_rows(repo / "data" / "test_sft-00000-of-00001.parquet", rows[100:120])
+    sampledata.write_rows(repo / "data" / "train_gen-00000-of-00001.parquet", rows[120:])
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                    + "".join(f"  - split: {s}\n    path: data/{s}-*\n" for s in ("train_sft", "test_sft", "train_gen"))
+                                    + "---\n")
+    res = tuneflow("ingest", "--hf", str(repo), "--split-pc", "10",
+                   env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert res.returncode == 0, res.stderr
+    from shared import storage
+    from shared.arrival import handle_dataset_blob
+    datasets = storage.container("datasets")
+    names = sorted(b.name for b in datasets.list_blobs(name_starts_with="ultrachat_200k/"))
+    assert names == ["ultrachat_200k/data/test_sft-00000-of-00001.parquet", "ultrachat_200k/data/train_gen-00000-of-00001.parquet",
+                     "ultrachat_200k/data/train_sft-00000-of-00001.parquet", "ultrachat_200k/dataset.json"]
+    request = handle_dataset_blob(datasets.get_blob_client("ultrachat_200k/dataset.json"))
+    manifest = storage.get_json(storage.container("prepared"), f"ultrachat_200k/{request.version}/manifest.json")
+    assert (manifest["rows"]["train"], manifest["rows"]["test"]) == (10, 2)
+    assert manifest["unused_files"] == ["data/train_gen-00000-of-00001.parquet"]

@@ -1,102 +1,222 @@
-"""Dataset preparation on local files: row checks, splits, refusals."""
+"""Dataset preparation on local files: formats, row checks, splits, sampling, refusals."""
 
+from __future__ import annotations
+
+import gzip
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from local import sampledata
-from shared.dataset import DatasetRefused, PrepareOptions, check_row, is_test_row, prepare
+from shared.dataset import DatasetRefused, PrepareOptions, prepare
+from shared.rows import check_row
+from shared.sources import Source
 
 GOOD = {"prompt": "p", "prompt_id": "id1", "messages": [{"role": "user", "content": "hi"},
                                                          {"role": "assistant", "content": "hello"}]}
-OPTS = PrepareOptions(test_fraction=0.2, max_rejected_share=0.05)
+OPTS = PrepareOptions(test_fraction=0.2)
+
+
+def run(tmp_path: Path, files: dict[str, bytes | Path], options: PrepareOptions = OPTS, out: str = "out") -> dict:
+    sources = []
+    for name, content in files.items():
+        path = tmp_path / "in" / name.replace("/", "__")
+        path.parent.mkdir(exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copy(content, path)
+        else:
+            path.write_bytes(content)
+        sources.append(Source(name, path))
+    return prepare(sources, tmp_path / out, options)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def jsonl(rows) -> bytes:
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+# -- the row rules, per row and vectorized ----------------------------------------------------
+
+BAD_ROWS = [
+    ({**GOOD, "prompt": None}, "missing-prompt"),
+    ({**GOOD, "prompt_id": None}, "missing-prompt_id"),
+    ({**GOOD, "prompt_id": ""}, "bad-prompt-or-id"),
+    ({**GOOD, "messages": []}, "messages-not-a-non-empty-list"),
+    ({**GOOD, "messages": [{"role": "user", "content": None}]}, "message-without-role-or-content"),
+    ({**GOOD, "messages": [{"role": "bot", "content": "x"}]}, "unknown-role"),
+    ({**GOOD, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}, "empty-content"),
+    ({**GOOD, "messages": [{"role": "user", "content": "hi"}]}, "does-not-end-with-assistant"),
+]
 
 
 @pytest.mark.parametrize("row, reason", [
-    (GOOD, None),
-    ({**GOOD, "extra": 1}, None),
+    (GOOD, None), ({**GOOD, "extra": 1}, None),
     ({**GOOD, "messages": [{"role": "system", "content": "s"}, *GOOD["messages"]]}, None),
     ([1, 2], "not-an-object"),
-    ({k: v for k, v in GOOD.items() if k != "prompt"}, "missing-prompt"),
-    ({k: v for k, v in GOOD.items() if k != "prompt_id"}, "missing-prompt_id"),
     ({k: v for k, v in GOOD.items() if k != "messages"}, "missing-messages"),
-    ({**GOOD, "prompt_id": ""}, "bad-prompt-or-id"),
-    ({**GOOD, "messages": []}, "messages-not-a-non-empty-list"),
     ({**GOOD, "messages": "user: hi"}, "messages-not-a-non-empty-list"),
-    ({**GOOD, "messages": [{"role": "user"}]}, "message-without-role-or-content"),
-    ({**GOOD, "messages": [{"role": "bot", "content": "x"}]}, "unknown-role"),
-    ({**GOOD, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}, "empty-content"),
     ({**GOOD, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 3}]}, "empty-content"),
-    ({**GOOD, "messages": [{"role": "user", "content": "hi"}]}, "does-not-end-with-assistant"),
+    *BAD_ROWS,
 ])
 def test_check_row(row, reason):
     assert check_row(row, 10_000, 100) == reason
 
 
-def test_check_row_size_limit():
-    assert check_row(GOOD, 100, 101) == "row-too-large"
+def test_vectorized_rules_give_the_same_reasons_as_the_row_rules(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = list(sampledata.rows(60))
+    bad = [{**row, "prompt_id": f"bad-{i}"} if row["prompt_id"] == "id1" else row for i, (row, _) in enumerate(BAD_ROWS)]
+    schema = pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()),
+                        ("messages", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])))])
+    pq.write_table(pa.Table.from_pylist(rows + bad, schema=schema), tmp_path / "d.parquet")
+    m = run(tmp_path, {"d.parquet": tmp_path / "d.parquet"}, PrepareOptions(test_fraction=0.2, max_rejected_share=0.5))
+    got = {r["where"]: r["reason"] for r in lines(tmp_path / "out" / "rejected.jsonl")}
+    assert [got.get(f"d.parquet#row{60 + i}") for i in range(len(BAD_ROWS))] == [reason for _, reason in BAD_ROWS]
+    assert m["rows"]["train"] + m["rows"]["test"] == 60
 
 
-def test_prepare_splits_deterministically_and_keeps_only_component_fields(tmp_path):
-    src = sampledata.write(tmp_path / "d.jsonl", 300, seed=3)
-    m1 = prepare(src, "d.jsonl", tmp_path / "a", OPTS)
-    m2 = prepare(src, "d.jsonl", tmp_path / "b", OPTS)
-    assert m1["files"] == m2["files"]
-    assert m1["rows"]["train"] + m1["rows"]["test"] == 300 and m1["rows"]["rejected"] == 0
-    assert 30 <= m1["rows"]["test"] <= 90
-    row = json.loads((tmp_path / "a" / "train.jsonl").read_text().splitlines()[0])
-    assert set(row) == {"prompt", "prompt_id", "messages"}
-    for line in (tmp_path / "a" / "test.jsonl").read_text().splitlines():
-        assert is_test_row(json.loads(line)["prompt_id"], OPTS.seed, OPTS.test_fraction)
+# -- formats ----------------------------------------------------------------------------------
+
+def test_every_format_gives_the_same_output(tmp_path):
+    sampledata.write(tmp_path / "d.jsonl", 150, seed=3)
+    sampledata.write(tmp_path / "d.json", 150, seed=3)
+    sampledata.write(tmp_path / "d.parquet", 150, seed=3)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress((tmp_path / "d.jsonl").read_bytes()))
+    digests = {}
+    for name in ("d.jsonl", "d.json", "d.parquet", "d.jsonl.gz"):
+        m = run(tmp_path, {name: tmp_path / name}, out=f"out-{name}")
+        digests[name] = (m["files"]["train.jsonl"]["sha256"], m["files"]["test.jsonl"]["sha256"])
+        assert m["rows"]["read"] == 150 and m["rows"]["rejected"] == 0
+    assert len(set(digests.values())) == 1, digests
+    row = lines(tmp_path / "out-d.parquet" / "train.jsonl")[0]
+    assert set(row) == {"prompt", "prompt_id", "messages"} and set(row["messages"][0]) == {"content", "role"}
 
 
-@pytest.mark.parametrize("suffix", [".json", ".parquet"])
-def test_other_formats_give_the_same_split(tmp_path, suffix):
-    jsonl = prepare(sampledata.write(tmp_path / "d.jsonl", 120), "d.jsonl", tmp_path / "a", OPTS)
-    other = prepare(sampledata.write(tmp_path / f"d{suffix}", 120), f"d{suffix}", tmp_path / "b", OPTS)
-    assert other["files"]["train.jsonl"] == jsonl["files"]["train.jsonl"]
+def test_split_is_deterministic_and_extra_columns_are_dropped(tmp_path):
+    rows = [{**r, "score": 1.0, "source": "x"} for r in sampledata.rows(300, seed=4)]
+    a = run(tmp_path, {"d.jsonl": jsonl(rows)}, out="a")
+    b = run(tmp_path, {"renamed.jsonl": jsonl(rows)}, out="b")
+    assert a["files"] == b["files"]
+    assert 30 <= a["rows"]["test"] <= 90
+    assert all(set(r) == {"prompt", "prompt_id", "messages"} for r in lines(tmp_path / "a" / "train.jsonl"))
+    c = run(tmp_path, {"d.jsonl": jsonl(rows)}, PrepareOptions(test_fraction=0.2, seed=1), out="c")
+    assert c["files"]["test.jsonl"] != a["files"]["test.jsonl"]
+
+
+def test_split_names_are_honoured_as_the_seed_uses_them(tmp_path):
+    rows = list(sampledata.rows(150, seed=1))
+    train = sampledata.write_rows(tmp_path / "tr.parquet", rows[:100])
+    test = sampledata.write_rows(tmp_path / "te.jsonl", rows[100:120])
+    gen = sampledata.write_rows(tmp_path / "gen.jsonl", rows[120:])
+    m = run(tmp_path, {"data/train_sft-00000-of-00001.parquet": train, "data/test_sft-00000-of-00001.jsonl": test,
+                       "data/train_gen-00000-of-00001.jsonl": gen})
+    assert (m["rows"]["train"], m["rows"]["test"]) == (100, 20)
+    assert m["unused_files"] == ["data/train_gen-00000-of-00001.jsonl"]
+    only_train = run(tmp_path, {"train_sft.parquet": train}, out="o2")
+    assert only_train["rows"]["test"] > 0  # no test file: carved from train by prompt_id hash
+    with pytest.raises(DatasetRefused, match="no training rows"):
+        run(tmp_path, {"test_sft.jsonl": test}, out="o3")
+
+
+def test_split_pc_first_and_random(tmp_path):
+    rows = list(sampledata.rows(600, seed=5))
+    data = sampledata.write_rows(tmp_path / "d.parquet", rows[:400])
+    test = sampledata.write_rows(tmp_path / "t.parquet", rows[400:])
+    first = run(tmp_path, {"train_sft.parquet": data, "test_sft.parquet": test}, PrepareOptions(split_pc=10), out="first")
+    assert (first["rows"]["read"], first["rows"]["train"], first["rows"]["test"]) == (60, 40, 20)
+    assert [r["prompt_id"] for r in lines(tmp_path / "first" / "train.jsonl")] == [r["prompt_id"] for r in rows[:40]]
+    r1 = run(tmp_path, {"d.parquet": data}, PrepareOptions(split_pc=25, sample="random", seed=9), out="r1")
+    r2 = run(tmp_path, {"d.parquet": data}, PrepareOptions(split_pc=25, sample="random", seed=9), out="r2")
+    r3 = run(tmp_path, {"d.parquet": data}, PrepareOptions(split_pc=25, sample="random", seed=10), out="r3")
+    kept = r1["rows"]["train"] + r1["rows"]["test"]
+    assert 60 <= kept <= 140 and r1["files"] == r2["files"] and r1["files"] != r3["files"]
+
+
+def test_duplicates_and_bad_rows_are_listed_with_location_and_reason(tmp_path):
+    rows = [json.dumps(r) for r in sampledata.rows(100)] + [json.dumps(next(sampledata.rows(1)))]
+    rows[10] = "{not json"
+    data = ("\n".join(rows)).encode().replace(b'"prompt": "Summ', b'"prompt": "\xffSumm', 1)
+    m = run(tmp_path, {"d.jsonl": data})
+    rejected = lines(tmp_path / "out" / "rejected.jsonl")
+    assert {"where": "d.jsonl:11", "reason": "invalid-json"} in rejected
+    assert m["rows"]["rejected_by_reason"]["duplicate-prompt-id"] == 1
+    assert sum(m["rows"]["rejected_by_reason"].values()) == m["rows"]["rejected"] <= 3
 
 
 def test_bom_crlf_and_blank_lines_are_tolerated(tmp_path):
-    rows = list(sampledata.rows(40))
-    data = "\ufeff" + "\r\n".join(json.dumps(r) for r in rows) + "\r\n\r\n"
-    (tmp_path / "d.jsonl").write_bytes(data.encode())
-    m = prepare(tmp_path / "d.jsonl", "d.jsonl", tmp_path / "o", OPTS)
+    data = ("\ufeff" + "\r\n".join(json.dumps(r) for r in sampledata.rows(40)) + "\r\n\r\n").encode()
+    m = run(tmp_path, {"d.jsonl": data})
     assert m["rows"]["read"] == 40 and m["rows"]["rejected"] == 0
 
 
-def test_bad_rows_are_listed_with_location_and_reason(tmp_path):
+def test_one_enormous_line_is_rejected_without_stopping_the_rest(tmp_path):
     rows = [json.dumps(r) for r in sampledata.rows(100)]
-    rows[10] = "{not json"
-    rows[20] = json.dumps(GOOD) + "\xff"
-    lines = "\n".join(rows).encode().replace("\xc3\xbf".encode("latin-1"), b"\xff")
-    (tmp_path / "d.jsonl").write_bytes(lines)
-    m = prepare(tmp_path / "d.jsonl", "d.jsonl", tmp_path / "o", PrepareOptions(test_fraction=0.2, max_rejected_share=0.05))
-    rejected = [json.loads(l) for l in (tmp_path / "o" / "rejected.jsonl").read_text().splitlines()]
-    assert {"where": "d.jsonl:11", "reason": "invalid-json"} in rejected
-    assert m["rows"]["rejected"] == 2
+    rows[5] = json.dumps({**GOOD, "prompt": "x" * 3_000_000})
+    m = run(tmp_path, {"d.jsonl": "\n".join(rows).encode()}, PrepareOptions(test_fraction=0.2, max_row_bytes=100_000))
+    assert m["rows"]["rejected_by_reason"] == {"row-too-large": 1} and m["rows"]["read"] == 100
+    assert {"where": "d.jsonl:6", "reason": "row-too-large"} in lines(tmp_path / "out" / "rejected.jsonl")
 
 
-def test_duplicate_prompt_ids_are_dropped(tmp_path):
-    rows = list(sampledata.rows(50))
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows + rows[:2]))
-    m = prepare(tmp_path / "d.jsonl", "d.jsonl", tmp_path / "o", OPTS)
-    assert m["rows"]["rejected_by_reason"] == {"duplicate-prompt-id": 2}
+# -- whole-dataset refusals -------------------------------------------------------------------
+
+def _parquet(tmp_path, table_rows, schema) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(table_rows, schema=pa.schema(schema)), tmp_path / "x.parquet")
+    return (tmp_path / "x.parquet").read_bytes()
+
+
+def test_unusable_parquet_files_are_refused(tmp_path):
+    import pyarrow as pa
+    good = sampledata.write(tmp_path / "g.parquet", 50).read_bytes()
+    cases = {
+        "truncated": (good[: len(good) // 2], "not a readable parquet"),
+        "corrupt": (b"PAR1" + b"\x00" * 200 + b"PAR1", "not a readable parquet"),
+        "no messages": (_parquet(tmp_path, [{"prompt": "p", "prompt_id": "i"}],
+                                 [("prompt", pa.string()), ("prompt_id", pa.string())]), "no column 'messages'"),
+        "messages as string": (_parquet(tmp_path, [{"prompt": "p", "prompt_id": "i", "messages": "hi"}],
+                                        [("prompt", pa.string()), ("prompt_id", pa.string()), ("messages", pa.string())]),
+                               "'messages' is String"),
+    }
+    for label, (content, words) in cases.items():
+        with pytest.raises(DatasetRefused) as exc:
+            run(tmp_path, {"d.parquet": content}, out=f"o-{label.replace(' ', '-')}")
+        assert words in str(exc.value), label
+        assert exc.value.report["fix"] and exc.value.report["where"] == "d.parquet"
 
 
 @pytest.mark.parametrize("name, content, words", [
     ("empty.jsonl", b"", "no rows"),
+    ("blank.jsonl", b"\n\n  \n", "no rows"),
     ("bad.jsonl", b"a\nb\nc\n", "3 of 3 rows rejected"),
-    ("arr.json", b'{"prompt": 1}', "not an array"),
-    ("arr.json", b"[1, 2", "not valid JSON"),
-    ("deep.json", b"[" * 100000, "not valid JSON"),
-    ("x.parquet", b"PAR1 truncated", "not a readable parquet"),
+    ("utf8.jsonl", b'{"prompt": "\xff\xfe"}\n' * 3, "3 of 3 rows rejected (100%, limit 5%; invalid-utf8: 3)"),
+    ("array.jsonl", json.dumps([GOOD, GOOD]).encode(), "looks like a JSON array"),
+    ("lines.json", jsonl([GOOD, GOOD]), "it looks like JSON Lines"),
+    ("object.json", b'{"prompt": 1}', "not a JSON array"),
+    ("broken.json", b"[" + json.dumps(GOOD).encode() + b", {", "not valid JSON at element 1"),
+    ("deep.json", b"[" * 100000, "nests deeper than 64 levels"),
+    ("deep.jsonl", jsonl([GOOD]) + b"\n" + b"[" * 100000 + b"\n" + b"{" * 50000, "2 of 3 rows rejected"),
+    ("bad.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "cannot be decompressed"),
     ("one.jsonl", json.dumps(GOOD).encode(), "1 train and 0 test"),
 ])
-def test_unusable_datasets_are_refused_with_a_fix(tmp_path, name, content, words):
-    (tmp_path / name).write_bytes(content)
+def test_unusable_json_files_are_refused_with_a_fix(tmp_path, name, content, words):
     with pytest.raises(DatasetRefused) as exc:
-        prepare(tmp_path / name, name, tmp_path / "o", PrepareOptions(test_fraction=0.1))
+        run(tmp_path, {name: content}, PrepareOptions(test_fraction=0.1))
     assert words in str(exc.value)
     assert exc.value.report["fix"]
-    assert (tmp_path / name).read_bytes() == content  # the original is untouched
+    assert (tmp_path / "in" / name).read_bytes() == content  # the original is untouched
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"split_pc": 0}, "split_pc"), ({"split_pc": 101}, "split_pc"), ({"sample": "last"}, "sample"),
+    ({"test_fraction": 1}, "test_fraction"), ({"colour": "red"}, "unknown option"), ({"seed": "x"}, "bad option value"),
+])
+def test_bad_options_are_refused(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        PrepareOptions().with_overrides(overrides)

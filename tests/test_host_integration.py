@@ -87,7 +87,7 @@ def test_malformed_dataset_gets_an_error_report_and_no_message(host):
     errors = wait_for(lambda: [b.name for b in prepared.list_blobs(name_starts_with="broken/") if b.name.endswith("error.json")],
                       60, "error.json for the broken dataset")
     report = json.loads(prepared.download_blob(errors[0]).readall())
-    assert "2 of 2 rows rejected" in report["error"] and report["fix"] and report["source"]["etag"] == etag
+    assert "2 of 2 rows rejected" in report["error"] and report["fix"] and report["sources"][0]["etag"] == etag.strip('"')
     rejected = prepared.download_blob(errors[0].replace("error.json", "rejected.jsonl")).readall().decode()
     assert '"where": "data.jsonl:1"' in rejected
     assert not any(b.name.endswith("manifest.json") for b in prepared.list_blobs(name_starts_with="broken/"))
@@ -103,7 +103,7 @@ def test_blob_with_an_unsafe_name_is_refused_with_a_report(host):
     from shared import storage
     storage.container("datasets").upload_blob("notes.txt", b"hello")
     prepared = storage.container("prepared")
-    errors = wait_for(lambda: list(prepared.list_blobs(name_starts_with="_invalid-names/")), 60, "the report")
+    errors = wait_for(lambda: list(prepared.list_blobs(name_starts_with="_invalid/")), 60, "the report")
     assert "notes.txt" in json.loads(prepared.download_blob(errors[0].name).readall())["error"]
     assert _peek("finetune-requests") == []
 

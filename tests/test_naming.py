@@ -11,6 +11,8 @@ AZURE_ENDPOINT = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
     ("ultrachat/train.jsonl", ("ultrachat", "train.jsonl")),
     ("datasets/my-data/part_1.parquet", ("my-data", "part_1.parquet")),
     ("A1/x.JSON", ("A1", "x.JSON")),
+    ("ultrachat_200k/data/train_sft-00000-of-00003.parquet", ("ultrachat_200k", "data/train_sft-00000-of-00003.parquet")),
+    ("d/x.jsonl.gz", ("d", "x.jsonl.gz")),
 ])
 def test_dataset_blob_accepts_safe_names(blob, expected):
     assert naming.dataset_blob(blob) == expected
@@ -18,7 +20,7 @@ def test_dataset_blob_accepts_safe_names(blob, expected):
 
 @pytest.mark.parametrize("blob", [
     "train.jsonl",                      # no dataset folder
-    "a/b/c.jsonl",                      # nested
+    "a/b/c/d.jsonl",                    # nested too deep
     "../etc/passwd.jsonl", "x/..jsonl", "x/../y.jsonl",
     "my data/train.jsonl",              # space
     "data/tr$ain.jsonl", "-x/a.jsonl", "x/.hidden.jsonl",
@@ -32,9 +34,11 @@ def test_dataset_blob_refuses_unsafe_or_unsupported_names(blob):
 
 
 def test_names_are_deterministic_and_depend_on_every_input():
-    v = naming.dataset_version("a" * 64, {"test_fraction": 0.1})
-    assert v == naming.dataset_version("a" * 64, {"test_fraction": 0.1})
-    assert v != naming.dataset_version("a" * 64, {"test_fraction": 0.2})
+    src = [("jsonl", "hash", "a" * 64)]
+    v = naming.dataset_version(src, {"test_fraction": 0.1})
+    assert v == naming.dataset_version(src, {"test_fraction": 0.1})
+    assert v != naming.dataset_version(src, {"test_fraction": 0.2})
+    assert v != naming.dataset_version([("jsonl", "train", "a" * 64)], {"test_fraction": 0.1})
     assert naming.VERSION_RE.match(v)
     j = naming.job_name("ultrachat", v, {})
     assert j == naming.job_name("ultrachat", v, {}) != naming.job_name("ultrachat", v, {"learning_rate": 1e-4})

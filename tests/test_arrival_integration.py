@@ -1,0 +1,87 @@
+"""Data arrival against a real Azurite: multi-file datasets, repeats, overwrites (no host needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from local import sampledata
+
+pytestmark = pytest.mark.integration
+
+
+def _upload(name: str, data: bytes):
+    from shared import storage
+    storage.container("datasets").upload_blob(name, data, overwrite=True)
+    return storage.container("datasets").get_blob_client(name)
+
+
+def _arrive(name: str):
+    from shared import storage
+    from shared.arrival import handle_dataset_blob
+    return handle_dataset_blob(storage.container("datasets").get_blob_client(name))
+
+
+def _prepared_names(dataset: str) -> list[str]:
+    from shared import storage
+    return sorted(b.name for b in storage.container("prepared").list_blobs(name_starts_with=f"{dataset}/"))
+
+
+def test_a_multi_file_dataset_waits_until_complete_then_is_prepared_once(storage_env, tmp_path):
+    rows = list(sampledata.rows(300, seed=11))
+    shards = {"data/train_sft-00000-of-00002.parquet": rows[:120], "data/train_sft-00001-of-00002.parquet": rows[120:240],
+              "data/test_sft-00000-of-00001.jsonl": rows[240:]}
+    files = {}
+    for rel, part in shards.items():
+        files[rel] = sampledata.write_rows(tmp_path / rel.replace("/", "_"), part).read_bytes()
+    first = "data/train_sft-00000-of-00002.parquet"
+    _upload(f"hub/{first}", files[first])
+    assert _arrive(f"hub/{first}") is None  # a shard without dataset.json waits
+    _upload("hub/dataset.json", json.dumps({"files": sorted(shards), "options": {"split_pc": 50}}).encode())
+    assert _arrive("hub/dataset.json") is None  # two files still missing: waits, no error
+    assert _prepared_names("hub") == []
+    for rel in [r for r in shards if r != first]:
+        _upload(f"hub/{rel}", files[rel])
+    request = _arrive("hub/data/train_sft-00001-of-00002.parquet")
+    assert request is not None and request.dataset == "hub"
+    from shared import storage
+    manifest = storage.get_json(storage.container("prepared"), f"hub/{request.version}/manifest.json")
+    assert (manifest["rows"]["train"], manifest["rows"]["test"]) == (120, 30)  # first 50 % of each split
+    assert manifest["options"]["split_pc"] == 50.0 and len(manifest["sources"]) == 3
+    assert all(s["etag"] and len(s["sha256"]) == 64 for s in manifest["sources"])
+    # Every later trigger of the same files finds the version done and re-emits the same request.
+    before = _prepared_names("hub")
+    for name in ["hub/dataset.json", f"hub/{first}"]:
+        assert _arrive(name) == request
+    assert _prepared_names("hub") == before
+
+
+def test_files_not_listed_are_ignored_and_a_bad_dataset_json_is_reported(storage_env, tmp_path):
+    data = sampledata.write(tmp_path / "a.jsonl", 50).read_bytes()
+    _upload("listed/dataset.json", json.dumps({"files": ["a.jsonl"]}).encode())
+    _upload("listed/other.jsonl", data)
+    assert _arrive("listed/other.jsonl") is None
+    _upload("broken/dataset.json", json.dumps({"files": ["../x.jsonl"]}).encode())
+    assert _arrive("broken/dataset.json") is None
+    from shared import storage
+    reports = [b.name for b in storage.container("prepared").list_blobs(name_starts_with="_invalid/")]
+    report = storage.get_json(storage.container("prepared"), reports[0])
+    assert "unusable file" in report["error"] and report["fix"]
+
+
+def test_a_blob_overwritten_while_read_fails_loudly_and_the_retry_prepares_the_new_bytes(storage_env, tmp_path):
+    from shared.arrival import BlobChanged, spool
+    v1 = sampledata.write(tmp_path / "v1.jsonl", 60, seed=1).read_bytes()
+    v2 = sampledata.write(tmp_path / "v2.jsonl", 60, seed=2).read_bytes()
+    client = _upload("over/d.jsonl", v1)
+    old_etag = client.get_blob_properties().etag
+    _upload("over/d.jsonl", v2)  # overwritten between the trigger (old etag) and the read
+    with pytest.raises(BlobChanged):
+        spool(client, tmp_path / "copy", old_etag)
+    request = _arrive("over/d.jsonl")  # the retry reads what is there now
+    from shared import storage
+    manifest = storage.get_json(storage.container("prepared"), f"over/{request.version}/manifest.json")
+    import hashlib
+    assert manifest["sources"][0]["sha256"] == hashlib.sha256(v2).hexdigest()
+    assert client.download_blob().readall() == v2  # and the original is untouched
