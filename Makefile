@@ -31,6 +31,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/handoff_latency.py
+	$(BIN)/python bench/prepare_throughput.py
 
 clean:
 	rm -rf .tuneflow

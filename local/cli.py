@@ -245,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from local.stack import load_settings
     from shared import storage
-    load_settings()
+    from shared.settings import load_local_settings
+    load_local_settings(Path(__file__).resolve().parents[1] / "local.settings.json")
     if args.command not in ("up", "demo"):  # a person is waiting: fail fast when storage is down
         storage.set_client_options(retry_total=0, connection_timeout=5)
     try:

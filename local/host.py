@@ -47,7 +47,7 @@ from azure.functions.timer import TimerRequest
 
 from local.ncrontab import Schedule
 from shared.observability import FlowIdFilter, bind_flow, current_flow
-from shared.settings import StorageConnection
+from shared.settings import StorageConnection, load_local_settings
 
 log = logging.getLogger("tuneflow.host")
 SERVICE_BUS_MAX_DELIVERY = 10  # Azure Service Bus' default MaxDeliveryCount
@@ -63,19 +63,6 @@ class HostError(RuntimeError):
 
 
 # -- configuration ------------------------------------------------------------------------------
-
-def load_local_settings(path: Path) -> dict:
-    """Apply `Values` of local.settings.json to the environment, as Core Tools does.
-
-    Variables already set in the environment win, so tests and CI can point at their own Azurite.
-    """
-    if not path.exists():
-        return {}
-    values = json.loads(path.read_text()).get("Values", {})
-    for key, value in values.items():
-        os.environ.setdefault(key, str(value))
-    return values
-
 
 def resolve(value: str) -> str:
     """Resolve `%NAME%` app-setting references in binding attributes."""

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 from local import azurite
-from local.host import LocalHost, load_local_settings
+from local.host import LocalHost
 from shared import settings
+from shared.settings import load_local_settings
 from shared.ml.local import LocalWorkspace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

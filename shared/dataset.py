@@ -149,8 +149,10 @@ def prepare(sources: list[Source], out_dir: Path, options: PrepareOptions) -> di
     finally:
         py_rejected.close()
     rows = _run_query(frames, work, out_dir, options, read_counts["read"])
-    _refuse_if_unusable(", ".join(s.name for s in used), rows, options)
     files = {name: _digest(out_dir / name) for name in OUTPUT_FILES}
+    rows = {"read": rows["read"], "train": files["train.jsonl"]["rows"], "test": files["test.jsonl"]["rows"],
+            "rejected": rows["rejected"], "rejected_by_reason": rows["rejected_by_reason"]}
+    _refuse_if_unusable(", ".join(s.name for s in used), rows, options)
     for f in work.iterdir():
         f.unlink()
     work.rmdir()
@@ -227,25 +229,18 @@ def _run_query(frames, work: Path, out_dir: Path, options: PrepareOptions, read:
                 for line in f:
                     reasons[json.loads(line)["reason"]] += 1
                     out.write(line)
-    return {"read": read, "train": _count_lines(out_dir / "train.jsonl"), "test": _count_lines(out_dir / "test.jsonl"),
-            "rejected": sum(reasons.values()), "rejected_by_reason": dict(sorted(reasons.items()))}
-
-
-def _count_lines(path: Path) -> int:
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-    return n
+    return {"read": read, "rejected": sum(reasons.values()), "rejected_by_reason": dict(sorted(reasons.items()))}
 
 
 def _digest(path: Path) -> dict:
-    h, size = hashlib.sha256(), 0
+    """Bytes, sha256 and line count of an output file, in one read."""
+    h, size, lines = hashlib.sha256(), 0, 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
-    return {"bytes": size, "sha256": h.hexdigest()}
+            lines += chunk.count(b"\n")
+    return {"bytes": size, "sha256": h.hexdigest(), "rows": lines}
 
 
 def _refuse_if_unusable(where: str, rows: dict, options: PrepareOptions) -> None:

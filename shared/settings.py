@@ -7,6 +7,7 @@ and one line of meaning here; a test keeps the README's settings table in step w
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_BASE_MODEL_DIR", "", "Local backend: a local Phi-3-architecture checkpoint folder to use instead of the built one."),
     Setting("TUNEFLOW_ENDPOINT_TTL", "2h", "How long an endpoint lives before the reaper deletes it (30m, 8h, 7d, 2w, PT8H)."),
     Setting("TUNEFLOW_REAPER_SCHEDULE", "0 */5 * * * *", "NCRONTAB (6 fields, seconds first) of the reaper timer."),
-    Setting("TUNEFLOW_TEST_FRACTION", "0.1", "Share of rows held out for the test split (deterministic, by prompt_id hash)."),
+    Setting("TUNEFLOW_TEST_FRACTION", "0.1", "Share of rows held out for the test split when no file names it (deterministic, by prompt_id hash)."),
     Setting("TUNEFLOW_SPLIT_PC", "100", "Keep this percentage of each split (the seed's dataset_split_pc); a dataset.json may override it."),
     Setting("TUNEFLOW_SAMPLE", "first", "How TUNEFLOW_SPLIT_PC samples: `first` N % in file order (as the seed) or `random` (seeded)."),
     Setting("TUNEFLOW_SPLIT_SEED", "0", "Seed of the prompt_id-hash test split and of random sampling."),
@@ -121,3 +122,16 @@ def _expand_dev_storage(conn: str) -> str:
     if conn.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
         return azurite_connection_string(10000, 10001)
     return conn
+
+
+def load_local_settings(path) -> dict:
+    """Apply `Values` of local.settings.json to the environment, as Core Tools does.
+
+    Variables already set in the environment win, so tests and CI can point at their own Azurite.
+    """
+    if not path.exists():
+        return {}
+    values = json.loads(path.read_text()).get("Values", {})
+    for key, value in values.items():
+        os.environ.setdefault(key, str(value))
+    return values
