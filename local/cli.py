@@ -150,12 +150,11 @@ def cmd_reap(args) -> int:
 
 def cmd_prepare(args) -> int:
     """Exactly the data_arrival function's preparation, on local files."""
-    import hashlib
     import os
 
     from shared import naming
     from shared.arrival import prepare_to_dir
-    from shared.dataset import PrepareOptions
+    from shared.dataset import PrepareOptions, file_digest
     from shared.sources import Source
     paths = [Path(p) for p in args.inputs]
     for p in paths:
@@ -164,11 +163,8 @@ def cmd_prepare(args) -> int:
     root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
     sources = []
     for p in paths:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        sources.append(Source(str(p.resolve().relative_to(root)), p, sha256=h.hexdigest(), bytes=p.stat().st_size))
+        digest = file_digest(p)
+        sources.append(Source(str(p.resolve().relative_to(root)), p, sha256=digest["sha256"], bytes=digest["bytes"]))
     overrides = {k: v for k, v in (("split_pc", args.split_pc), ("sample", args.sample),
                                    ("test_fraction", args.test_fraction), ("seed", args.seed)) if v is not None}
     options = PrepareOptions.from_settings(overrides)

@@ -149,7 +149,7 @@ def prepare(sources: list[Source], out_dir: Path, options: PrepareOptions) -> di
     finally:
         py_rejected.close()
     rows = _run_query(frames, work, out_dir, options, read_counts["read"])
-    files = {name: _digest(out_dir / name) for name in OUTPUT_FILES}
+    files = {name: file_digest(out_dir / name) for name in OUTPUT_FILES}
     rows = {"read": rows["read"], "train": files["train.jsonl"]["rows"], "test": files["test.jsonl"]["rows"],
             "rejected": rows["rejected"], "rejected_by_reason": rows["rejected_by_reason"]}
     _refuse_if_unusable(", ".join(s.name for s in used), rows, options)
@@ -232,7 +232,7 @@ def _run_query(frames, work: Path, out_dir: Path, options: PrepareOptions, read:
     return {"read": read, "rejected": sum(reasons.values()), "rejected_by_reason": dict(sorted(reasons.items()))}
 
 
-def _digest(path: Path) -> dict:
+def file_digest(path: Path) -> dict:
     """Bytes, sha256 and line count of an output file, in one read."""
     h, size, lines = hashlib.sha256(), 0, 0
     with open(path, "rb") as f:
