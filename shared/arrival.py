@@ -26,7 +26,7 @@ from pathlib import Path
 
 from shared import flows, naming, storage
 from shared.contracts import DATASETS_CONTAINER, FLOWS_CONTAINER, PREPARED_CONTAINER
-from shared.dataset import OUTPUT_FILES, DatasetRefused, PrepareOptions, engine, prepare
+from shared.dataset import OUTPUT_FILES, DatasetRefused, PrepareOptions, prepare
 from shared.messages import FinetuneRequest
 from shared.observability import bind_flow
 from shared.sources import SHARD_RE, Source, kind_of, split_of
@@ -146,9 +146,8 @@ def handle_dataset_blob(blob_client) -> FinetuneRequest | None:
 
 def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepared) -> FinetuneRequest | None:
     dataset = found.dataset
-    settings_used = {**options.as_dict(), "engine": engine()}
     # Index of (file names + etags + options) -> version: a repeat is recognised without downloading.
-    key = hashlib.sha256((naming.canonical_json(found.files) + naming.canonical_json(settings_used)).encode())
+    key = hashlib.sha256((naming.canonical_json(found.files) + naming.canonical_json(options.identity())).encode())
     index = f"{dataset}/_sources/{key.hexdigest()[:24]}.json"
     known = storage.get_json(prepared, index)
     if known and storage.exists(prepared, f"{naming.prepared_prefix(dataset, known['version'])}/manifest.json"):
@@ -164,7 +163,7 @@ def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepa
             src = Source(rel, Path(tmp) / f"in-{i}-{Path(rel).name}")
             src.sha256, src.bytes, src.etag = spool(datasets.get_blob_client(f"{dataset}/{rel}"), src.path, etag or None)
             sources.append(src)
-        version = version_of(sources, settings_used)
+        version = version_of(sources, options)
         request = _request(dataset, version)
         prefix = naming.prepared_prefix(dataset, version)
         if storage.exists(prepared, f"{prefix}/manifest.json"):
@@ -187,8 +186,9 @@ def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepa
     return request
 
 
-def version_of(sources: list[Source], settings_used: dict) -> str:
-    return naming.dataset_version([(kind_of(s.name) or "", split_of(s.name), s.sha256) for s in sources], settings_used)
+def version_of(sources: list[Source], options: PrepareOptions) -> str:
+    return naming.dataset_version([(kind_of(s.name) or "", split_of(s.name), s.sha256) for s in sources],
+                                  options.identity())
 
 
 def prepare_to_dir(dataset: str, sources: list[Source], options: PrepareOptions, out_dir: Path,
@@ -198,8 +198,7 @@ def prepare_to_dir(dataset: str, sources: list[Source], options: PrepareOptions,
     The one code path of the function and of `tuneflow prepare`. On refusal, `error.json` is written
     into `out_dir` and DatasetRefused is raised."""
     started = started or time.perf_counter()
-    settings_used = {**options.as_dict(), "engine": engine()}
-    version = version_of(sources, settings_used)
+    version = version_of(sources, options)
     described = [{"blob": f"{DATASETS_CONTAINER}/{dataset}/{s.name}", "etag": s.etag.strip('"'), "bytes": s.bytes,
                   "sha256": s.sha256, "split": split_of(s.name)} for s in sources]
     try:
@@ -213,7 +212,7 @@ def prepare_to_dir(dataset: str, sources: list[Source], options: PrepareOptions,
         raise
     prepare_s = result.pop("seconds")
     manifest = {"dataset": dataset, "version": version, "flow_id": naming.flow_id(dataset, version, {}),
-                "sources": described, "options": settings_used, **result, "created_at": format_utc(utcnow()),
+                "sources": described, "options": options.identity(), **result, "created_at": format_utc(utcnow()),
                 "timings": {"prepare_s": prepare_s, "total_s": round(time.perf_counter() - started, 3)}}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

@@ -80,6 +80,10 @@ class PrepareOptions:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> dict:
+        """The options as they decide a prepared version: with the engine, whose hash splits the rows."""
+        return {**asdict(self), "engine": engine()}
+
 
 def engine() -> str:
     """The split and sampling hashes are polars' (fast, vectorized, stable within one polars version),
@@ -166,7 +170,7 @@ def _first_rows_per_source(used: list[Source], splits: dict[str, str], options: 
     totals, sizes = Counter(), {}
     for src in used:
         try:
-            sizes[src.name] = check_parquet(src) if src.kind == "parquet" else count_json_rows(src, options.max_row_bytes)
+            sizes[src.name] = check_parquet(src)[0] if src.kind == "parquet" else count_json_rows(src, options.max_row_bytes)
         except SourceRefused as exc:
             raise DatasetRefused(str(exc), exc.fix, where=src.name) from None
         group = splits[src.name] if splits[src.name] != "hash" else f"hash:{src.name}"
@@ -181,10 +185,10 @@ def _first_rows_per_source(used: list[Source], splits: dict[str, str], options: 
 
 def _parquet_frame(src: Source, first: int | None, options: PrepareOptions):
     import polars as pl
-    n = check_parquet(src)
+    n, schema = check_parquet(src)
     lf = pl.scan_parquet(src.path).select("prompt", "prompt_id", "messages")
     canonical = pl.List(pl.Struct({"content": pl.String, "role": pl.String}))
-    if pl.read_parquet_schema(src.path)["messages"] != canonical:  # other field order or extra fields
+    if schema["messages"] != canonical:  # other field order or extra fields
         lf = lf.with_columns(pl.col("messages").list.eval(pl.struct(content=pl.element().struct.field("content"),
                                                                     role=pl.element().struct.field("role"))))
     lf = lf.with_row_index("row").with_columns(pl.format("{}#row{}", pl.lit(src.name), pl.col("row")).alias("where"))

@@ -63,8 +63,8 @@ class Source:
 
 # -- parquet ----------------------------------------------------------------------------------
 
-def check_parquet(src: Source) -> int:
-    """Refuse a parquet file that cannot be read or lacks the ultrachat schema; return its row count."""
+def check_parquet(src: Source):
+    """Refuse a parquet file that cannot be read or lacks the ultrachat schema; return (row count, schema)."""
     import polars as pl
     try:
         schema = pl.read_parquet_schema(src.path)
@@ -85,7 +85,7 @@ def check_parquet(src: Source) -> int:
     if problems:
         raise SourceRefused(f"{src.name} does not have the ultrachat schema: {'; '.join(problems)}",
                             "give it prompt (string), prompt_id (string) and messages (list of {content, role})")
-    return rows
+    return rows, schema
 
 
 # -- JSON family ------------------------------------------------------------------------------
