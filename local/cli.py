@@ -109,9 +109,13 @@ def parse_param(text: str) -> tuple[str, object]:
 
 
 def cmd_submit(args) -> int:
+    if args.dry_run:
+        return _submit_dry_run(args)
     from shared import naming, storage
     from shared.contracts import FINETUNE_QUEUE, PREPARED_CONTAINER
     from shared.messages import FinetuneRequest
+    if not args.prepared:
+        raise UsageError("give prepared/<dataset>/<version>, or --dry-run with --train, --test, --model-spec and --component-spec")
     parts = args.prepared.strip("/").removeprefix(f"{PREPARED_CONTAINER}/").split("/")
     if len(parts) != 2:
         raise UsageError(f"{args.prepared!r} is not a prepared version: give prepared/<dataset>/<version>")
@@ -125,6 +129,31 @@ def cmd_submit(args) -> int:
     storage.send_queue_message(FINETUNE_QUEUE, request.to_json())
     console.print(f"queued fine-tune of prepared/{dataset}/{version} as flow {request.flow_id}: "
                   f"job {naming.job_name(dataset, version, params)}")
+    return 0
+
+
+def _submit_dry_run(args) -> int:
+    """The pipeline job the Azure backend would submit, built offline from published specs; printed as JSON."""
+    from shared.dryrun import DryRunInputs, dry_run_job
+    missing = [flag for flag, value in (("--train", args.train), ("--test", args.test), ("--model-spec", args.model_spec),
+                                        ("--component-spec", args.component_spec)) if not value]
+    if missing:
+        raise UsageError(f"--dry-run needs {', '.join(missing)}")
+    inputs = DryRunInputs(train=args.train, test=args.test, model_spec=Path(args.model_spec),
+                          component_spec=Path(args.component_spec), compute_size=args.compute_size, gpus=args.gpus,
+                          params=dict(parse_param(p) for p in args.param))
+    job, dropped = dry_run_job(inputs)
+    for key, why in dropped.items():
+        sys.stderr.write(f"note: parameter {key} is not passed to the component: {why}\n")
+    print(json.dumps(job, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_explain_event(args) -> int:
+    """What job_events would do with each event in FILE: one JSON object per line."""
+    from shared.events import explain_all, read_events
+    for explanation in explain_all(read_events(Path(args.file))):
+        print(json.dumps(explanation, sort_keys=True))
     return 0
 
 
@@ -153,8 +182,8 @@ def cmd_prepare(args) -> int:
     import os
 
     from shared import naming
-    from shared.arrival import prepare_to_dir
-    from shared.dataset import PrepareOptions, file_digest
+    from shared.dataset import PrepareOptions, prepare_to_dir
+    from shared.outputs import file_digest
     from shared.sources import Source
     paths = [Path(p) for p in args.inputs]
     for p in paths:
@@ -211,9 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="file name ending in .jsonl, .json or .parquet")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(fn=cmd_sample_data)
-    submit = sub.add_parser("submit", help="queue a fine-tune of an already prepared version")
-    submit.add_argument("prepared", help="prepared/<dataset>/<version>")
+    submit = sub.add_parser("submit", help="queue a fine-tune of an already prepared version (or --dry-run: print "
+                                           "the Azure ML pipeline job, offline)")
+    submit.add_argument("prepared", nargs="?", help="prepared/<dataset>/<version>")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--dry-run", action="store_true", help="build the pipeline job from spec files and print it")
+    submit.add_argument("--train", help="dry run: the train JSONL (a file or an azureml:// URI)")
+    submit.add_argument("--test", help="dry run: the test JSONL (a file or an azureml:// URI)")
+    submit.add_argument("--model-spec", help="dry run: the base model's registry spec.yaml")
+    submit.add_argument("--component-spec", help="dry run: the chat_completion_pipeline spec.yaml")
+    submit.add_argument("--compute-size", metavar="SKU", help="dry run: the fine-tune VM size (default: the model's first "
+                                                              "recommended size, serverless)")
+    submit.add_argument("--gpus", type=int, help="dry run: GPUs per node of --compute-size (default 1)")
+
+    explain = sub.add_parser("explain-event", help="say what job_events would do with each event in a JSON file")
+    explain.add_argument("file")
+    explain.set_defaults(fn=cmd_explain_event)
     submit.set_defaults(fn=cmd_submit)
     reap = sub.add_parser("reap", help="delete managed endpoints whose expires-at has passed")
     reap.add_argument("--dry-run", action="store_true", help="only print the decisions")

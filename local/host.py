@@ -17,6 +17,8 @@ way the Azure Functions host does:
   schemas, with the subscription validation handshake of both.
 - output bindings: queue (base64) and Service Bus (stand-in queue), written after the function
   returns successfully and before its trigger message is completed.
+- Service Bus sends through the SDK (`shared.bus`, for MessageId): the same stand-in queue, with
+  Service Bus' duplicate detection (a MessageId seen in the last 10 minutes is accepted and dropped).
 
 Every invocation logs one line: function, invocation id, flow id, outcome, duration.
 """
@@ -46,11 +48,14 @@ import azure.functions as func
 from azure.functions.timer import TimerRequest
 
 from local.ncrontab import Schedule
+from shared import bus
 from shared.observability import FlowIdFilter, bind_flow, current_flow
 from shared.settings import StorageConnection, load_local_settings
 
 log = logging.getLogger("tuneflow.host")
 SERVICE_BUS_MAX_DELIVERY = 10  # Azure Service Bus' default MaxDeliveryCount
+SERVICE_BUS_DUPLICATE_WINDOW_S = 600  # Service Bus' default duplicate detection window (10 minutes)
+_SERVICE_BUS_SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar("service_bus_sent_at", default=None)
 RECEIPTS_CONTAINER = "azure-webjobs-hosts"
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
 # How long a received message stays invisible to others while its function runs (the real host
@@ -167,6 +172,7 @@ class LocalHost:
         self._log_lock = threading.Lock()
         self.functions: dict[str, FunctionSpec] = {}
         self._storage: StorageConnection | None = None
+        self.dropped_duplicates: list[str] = []  # MessageIds the Service Bus stand-in dropped
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -196,6 +202,7 @@ class LocalHost:
         self._server.daemon_threads = True
         os.environ.setdefault("TUNEFLOW_EVENTS_URL", f"{self.base_url}/runtime/webhooks/EventGrid?functionName=job_events")
         self._spawn("http", self._server.serve_forever)
+        bus.use(self._service_bus_send)
         # Listeners are ready (queues and containers exist) before start() returns, as with the real host.
         for spec in self.functions.values():
             kind = spec.trigger["type"]
@@ -220,6 +227,7 @@ class LocalHost:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        bus.use(None)
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -243,7 +251,7 @@ class LocalHost:
         error = ""
         try:
             ctx.run(spec.user_function, **{spec.trigger["name"]: trigger_value}, **outs)
-            sent_at = self._send_outputs(spec, outs)
+            sent_at = self._send_outputs(spec, outs) or ctx.run(_SERVICE_BUS_SENT_AT.get)
         except Exception as exc:  # the function failed: the trigger decides on retry / poison
             error = f"{type(exc).__name__}: {exc}"
             sent_at = None
@@ -285,6 +293,26 @@ class LocalHost:
                 raise HostError(f"output binding type {binding['type']} is not supported by the local host")
             sent = time.time()
         return sent
+
+    def _service_bus_send(self, queue: str, body: str, message_id: str) -> None:
+        """The stand-in for an SDK send with MessageId: duplicate detection, then the stand-in queue."""
+        import hashlib
+        from azure.core.exceptions import ResourceExistsError
+        from shared.storage import container
+        marker = container(RECEIPTS_CONTAINER, self._storage).get_blob_client(
+            f"servicebus-duplicates/{queue}/{hashlib.sha256(message_id.encode()).hexdigest()}")
+        now = time.time()
+        try:
+            marker.upload_blob(str(now).encode(), overwrite=False)
+        except ResourceExistsError:
+            if now - float(marker.download_blob().readall()) < SERVICE_BUS_DUPLICATE_WINDOW_S:
+                log.info("service bus %s: duplicate MessageId %s dropped", queue, message_id)
+                self.dropped_duplicates.append(message_id)
+                _SERVICE_BUS_SENT_AT.set(now)
+                return
+            marker.upload_blob(str(now).encode(), overwrite=True)
+        self._queue(queue).send_message(body)
+        _SERVICE_BUS_SENT_AT.set(now)
 
     # -- storage helpers ------------------------------------------------------------------------
     def _queue(self, name: str):

@@ -58,6 +58,9 @@ def rows(n: int, seed: int = 0) -> Iterator[dict]:
         yield row(rng, i)
 
 
+PARQUET_ROW_GROUP_ROWS = 1_000  # `datasets`' default writer batch size (get_writer_batch_size)
+
+
 def write(path: Path, n: int, seed: int = 0) -> Path:
     """Write `n` rows as .jsonl, .json (array) or .parquet, chosen by the file's suffix."""
     return write_rows(path, rows(n, seed))
@@ -80,9 +83,9 @@ def write_rows(path: Path, items) -> Path:
                             ("messages", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])))])
         writer = None
         batch = []
-        for r in items:  # in row groups: 200k rows never sit in memory at once
+        for r in items:  # row groups of 1,000 rows, as `datasets` writes the hub's parquet files
             batch.append(r)
-            if len(batch) == 10_000:
+            if len(batch) == PARQUET_ROW_GROUP_ROWS:
                 writer = _write_batch(pa, pq, path, schema, batch, writer)
                 batch = []
         if batch or writer is None:

@@ -119,7 +119,7 @@ def fine_tune(job: dict, job_dir: Path) -> dict:
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=_param(params, "learning_rate", float))
 
     mlflow.set_tracking_uri(job["tracking_uri"])
-    mlflow.set_experiment(spec["experiment"])
+    use_experiment(mlflow, spec["experiment"], job_dir.parent.parent / "artifacts")
     with mlflow.start_run(run_name=spec["name"], tags={**spec["tags"], "job": spec["name"]}) as run:
         mlflow.log_params({**LOCAL_DEFAULTS, **params, "train_rows": len(train), "test_rows": len(test)})
         eval_before = evaluate(model, test, batch, pad)
@@ -185,6 +185,18 @@ def post_event(url: str, events: list[dict], deadline_s: float = EVENT_POST_DEAD
             return False
         time.sleep(delay)  # back-off between delivery attempts, as Event Grid does
         delay = min(delay * 2, 30.0)
+
+
+def use_experiment(mlflow, name: str, artifacts: Path) -> None:
+    """Set the experiment, creating it with its artifacts in the workspace's state folder (MLflow's
+    default, ./mlruns, would land in whatever folder the job started in)."""
+    from mlflow.exceptions import MlflowException
+    if mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
+        except MlflowException:
+            pass  # a concurrent job created it first
+    mlflow.set_experiment(name)
 
 
 def main(argv: list[str]) -> int:

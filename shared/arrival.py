@@ -17,7 +17,6 @@ etags, without downloading them) and re-emits the same request; submit is idempo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -26,10 +25,11 @@ from pathlib import Path
 
 from shared import flows, naming, storage
 from shared.contracts import DATASETS_CONTAINER, FLOWS_CONTAINER, PREPARED_CONTAINER
-from shared.dataset import OUTPUT_FILES, DatasetRefused, PrepareOptions, prepare
+from shared.dataset import DatasetRefused, PrepareOptions, prepare_to_dir, version_of
+from shared.outputs import OUTPUT_FILES
 from shared.messages import FinetuneRequest
 from shared.observability import bind_flow
-from shared.sources import SHARD_RE, Source, kind_of, split_of
+from shared.sources import SHARD_RE, Source
 from shared.ttl import format_utc, utcnow
 
 log = logging.getLogger("tuneflow.arrival")
@@ -184,38 +184,6 @@ def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepa
             log.info("prepared %s -> prepared/%s: %s", dataset, prefix, manifest["rows"])
     storage.put_json(prepared, index, {"version": version, "files": found.files})
     return request
-
-
-def version_of(sources: list[Source], options: PrepareOptions) -> str:
-    return naming.dataset_version([(kind_of(s.name) or "", split_of(s.name), s.sha256) for s in sources],
-                                  options.identity())
-
-
-def prepare_to_dir(dataset: str, sources: list[Source], options: PrepareOptions, out_dir: Path,
-                   started: float | None = None) -> dict:
-    """Prepare `sources` into `out_dir` (train, test, rejected, then manifest.json); return the manifest.
-
-    The one code path of the function and of `tuneflow prepare`. On refusal, `error.json` is written
-    into `out_dir` and DatasetRefused is raised."""
-    started = started or time.perf_counter()
-    version = version_of(sources, options)
-    described = [{"blob": f"{DATASETS_CONTAINER}/{dataset}/{s.name}", "etag": s.etag.strip('"'), "bytes": s.bytes,
-                  "sha256": s.sha256, "split": split_of(s.name)} for s in sources]
-    try:
-        result = prepare(sources, out_dir, options)
-    except DatasetRefused as refused:
-        refused.report["sources"] = described
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("train.jsonl", "test.jsonl"):  # nothing that looks like usable output is left
-            (out_dir / name).unlink(missing_ok=True)
-        (out_dir / "error.json").write_text(json.dumps({**refused.report, "created_at": format_utc(utcnow())}, indent=2))
-        raise
-    prepare_s = result.pop("seconds")
-    manifest = {"dataset": dataset, "version": version, "flow_id": naming.flow_id(dataset, version, {}),
-                "sources": described, "options": options.identity(), **result, "created_at": format_utc(utcnow()),
-                "timings": {"prepare_s": prepare_s, "total_s": round(time.perf_counter() - started, 3)}}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest
 
 
 def _request(dataset: str, version: str) -> FinetuneRequest:

@@ -1,26 +1,34 @@
 """Dataset preparation: ultrachat-shaped files in, clean train/test JSONL out, in bounded memory.
 
 Works on local files (the function spools blobs to temp files first), so the same code runs in
-the Function, in `tuneflow prepare` and in the tests. Validation, splitting and writing are one
-vectorized polars query per dataset, streamed to the output files; JSON inputs are first streamed
-row by row into normalized JSON Lines (see `shared.sources`). Every rejected row is kept in
-`rejected.jsonl` with its location and reason.
+the Function, in `tuneflow prepare` and in the tests. Two passes: the first reads only prompt_id
+(to find duplicates across the whole dataset); the second reads a chunk at a time (whole parquet
+row groups, or runs of normalized JSON rows), validates and splits it with one vectorized polars
+expression and writes it while the next chunk is read. JSON inputs are first streamed row by row
+into normalized JSON Lines (see `shared.sources`). Every rejected row is kept in `rejected.jsonl`
+with its location and reason.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import math
+import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from shared.rows import reason_expr
-from shared.sources import Source, SourceRefused, check_parquet, count_json_rows, normalize_json
+from shared import naming
+from shared.contracts import DATASETS_CONTAINER
+from shared.outputs import PreparedOutputs
+from shared.parquet_footer import FooterError, row_group_sizes
+from shared.rows import polars_schema, reason_expr
+from shared.sources import Source, SourceRefused, check_parquet, count_json_rows, kind_of, normalize_json, split_of
+from shared.ttl import format_utc, utcnow
 
-OUTPUT_FILES = ("train.jsonl", "test.jsonl", "rejected.jsonl")
 SAMPLES = ("first", "random")
 
 
@@ -110,57 +118,94 @@ def _plan_splits(sources: list[Source]) -> tuple[dict[str, str], list[str]]:
     return {n: sp for n, sp in splits.items() if sp != "unused"}, unused
 
 
+CHUNK_ROWS = 5_000  # rows validated and written at once: bounds memory, keeps per-chunk overhead small
+COLUMNS = ("prompt", "prompt_id", "messages")
+
+
+@dataclass
+class _Input:
+    """One source file as preparation reads it: its rows a chunk at a time, and their prompt_ids."""
+    index: int
+    src: Source
+    split_by: str  # train, test, or hash (split by prompt_id)
+    read: int  # rows taken from the file (after `first` sampling)
+    chunks: Callable[[], Iterator]  # DataFrames: prompt, prompt_id, messages, where, row
+    ids: object | None  # LazyFrame of the taken rows' prompt_id (None: no rows)
+
+
 def prepare(sources: list[Source], out_dir: Path, options: PrepareOptions) -> dict:
     """Validate, sample and split `sources` into `out_dir`; return the manifest's data part.
 
+    Memory is bounded by one chunk (a row group, or a run of small ones) being validated while the
+    one before it is written, whatever the input's size: a first pass reads only prompt_id to find
+    duplicates; the second validates, splits and writes chunk by chunk.
     Raises DatasetRefused when a file is unusable, nothing usable is left, or too many rows are rejected.
     """
-    import polars as pl
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / ".work"
-    work.mkdir(exist_ok=True)
     splits, unused = _plan_splits(sources)
     used = sorted((s for s in sources if s.name in splits), key=lambda s: s.name)
     if not used:
         raise DatasetRefused("no file of the dataset holds train or test rows",
                              "drop .jsonl/.json/.parquet files; train_gen/test_gen files are not used")
-    frames, read_counts = [], Counter()
-    schema = {"prompt": pl.String, "prompt_id": pl.String,
-              "messages": pl.List(pl.Struct({"content": pl.String, "role": pl.String})), "where": pl.String}
-    py_rejected = open(work / "rejected-rows.jsonl", "w", encoding="utf-8")
-    try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / ".work"
+    work.mkdir(exist_ok=True)
+    with PreparedOutputs(out_dir, work / "duplicates.jsonl") as outputs:
         keep = _first_rows_per_source(used, splits, options)
+        inputs = []
         for i, src in enumerate(used):
             try:
                 if src.kind == "parquet":
-                    lf, n = _parquet_frame(src, keep.get(src.name), options)
+                    inputs.append(_parquet_input(i, src, splits[src.name], keep.get(src.name), options))
                 elif src.kind in ("jsonl", "jsonl.gz", "json"):
-                    norm = work / f"normalized-{i}.jsonl"
-                    with open(norm, "w", encoding="utf-8") as out:
-                        counts = normalize_json(src, out, py_rejected, options.max_row_bytes, keep.get(src.name))
-                    n = counts["read"]
-                    lf = pl.scan_ndjson(norm, schema=schema) if counts["kept"] else None
-                    if lf is not None and options.sample == "random" and options.split_pc < 100:
-                        lf = lf.filter(unit_below(pl.col("where"), options.seed + 1, options.split_pc / 100))
+                    inputs.append(_json_input(i, src, splits[src.name], keep.get(src.name), options, work, outputs))
                 else:
                     raise SourceRefused(f"{src.name} has an unsupported type", "use .parquet, .jsonl, .jsonl.gz or .json")
             except SourceRefused as exc:
                 raise DatasetRefused(str(exc), exc.fix, where=src.name) from None
-            read_counts["read"] += n
-            if lf is not None:
-                frames.append(lf.with_columns(pl.lit(splits[src.name]).alias("split_by")))
-    finally:
-        py_rejected.close()
-    rows = _run_query(frames, work, out_dir, options, read_counts["read"])
-    files = {name: file_digest(out_dir / name) for name in OUTPUT_FILES}
-    rows = {"read": rows["read"], "train": files["train.jsonl"]["rows"], "test": files["test.jsonl"]["rows"],
-            "rejected": rows["rejected"], "rejected_by_reason": rows["rejected_by_reason"]}
+        classify = _Classifier(_duplicated_ids(inputs), options)
+        for inp in inputs:
+            for chunk in inp.chunks():
+                outputs.write(classify(chunk, inp), inp.index)
+        files = outputs.finish()
+    rows = {"read": sum(inp.read for inp in inputs), "train": files["train.jsonl"]["rows"],
+            "test": files["test.jsonl"]["rows"], "rejected": sum(outputs.reasons.values()),
+            "rejected_by_reason": dict(sorted(outputs.reasons.items()))}
     _refuse_if_unusable(", ".join(s.name for s in used), rows, options)
-    for f in work.iterdir():
-        f.unlink()
-    work.rmdir()
+    shutil.rmtree(work)
     return {"rows": rows, "files": files, "unused_files": unused, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def version_of(sources: list[Source], options: PrepareOptions) -> str:
+    return naming.dataset_version([(kind_of(s.name) or "", split_of(s.name), s.sha256) for s in sources],
+                                  options.identity())
+
+
+def prepare_to_dir(dataset: str, sources: list[Source], options: PrepareOptions, out_dir: Path,
+                   started: float | None = None) -> dict:
+    """Prepare `sources` into `out_dir` (train, test, rejected, then manifest.json); return the manifest.
+
+    The one code path of the function and of `tuneflow prepare`. On refusal, `error.json` is written
+    into `out_dir` and DatasetRefused is raised."""
+    started = started or time.perf_counter()
+    version = version_of(sources, options)
+    described = [{"blob": f"{DATASETS_CONTAINER}/{dataset}/{s.name}", "etag": s.etag.strip('"'), "bytes": s.bytes,
+                  "sha256": s.sha256, "split": split_of(s.name)} for s in sources]
+    try:
+        result = prepare(sources, out_dir, options)
+    except DatasetRefused as refused:
+        refused.report["sources"] = described
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("train.jsonl", "test.jsonl"):  # nothing that looks like usable output is left
+            (out_dir / name).unlink(missing_ok=True)
+        (out_dir / "error.json").write_text(json.dumps({**refused.report, "created_at": format_utc(utcnow())}, indent=2))
+        raise
+    prepare_s = result.pop("seconds")
+    manifest = {"dataset": dataset, "version": version, "flow_id": naming.flow_id(dataset, version, {}),
+                "sources": described, "options": options.identity(), **result, "created_at": format_utc(utcnow()),
+                "timings": {"prepare_s": prepare_s, "total_s": round(time.perf_counter() - started, 3)}}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
 
 
 def _first_rows_per_source(used: list[Source], splits: dict[str, str], options: PrepareOptions) -> dict[str, int]:
@@ -183,68 +228,113 @@ def _first_rows_per_source(used: list[Source], splits: dict[str, str], options: 
     return keep
 
 
-def _parquet_frame(src: Source, first: int | None, options: PrepareOptions):
+def _random_sample(lf, options: PrepareOptions):
+    """`sample=random`: a seeded selection by each row's location, the same in both passes."""
+    import polars as pl
+    if options.sample == "random" and options.split_pc < 100:
+        return lf.filter(unit_below(pl.col("where"), options.seed + 1, options.split_pc / 100))
+    return lf
+
+
+def _parquet_input(index: int, src: Source, split_by: str, first: int | None, options: PrepareOptions) -> _Input:
     import polars as pl
     n, schema = check_parquet(src)
-    lf = pl.scan_parquet(src.path).select("prompt", "prompt_id", "messages")
-    canonical = pl.List(pl.Struct({"content": pl.String, "role": pl.String}))
-    if schema["messages"] != canonical:  # other field order or extra fields
+    try:
+        groups = row_group_sizes(src.path)
+    except FooterError as exc:
+        raise SourceRefused(f"{src.name} has an unreadable parquet footer ({exc})",
+                            "re-export the file (or upload it again: it may be truncated)") from None
+    take = n if first is None else first
+    lf = pl.scan_parquet(src.path).select(COLUMNS)
+    if schema["messages"] != polars_schema()["messages"]:  # other field order or extra fields
         lf = lf.with_columns(pl.col("messages").list.eval(pl.struct(content=pl.element().struct.field("content"),
                                                                     role=pl.element().struct.field("role"))))
-    lf = lf.with_row_index("row").with_columns(pl.format("{}#row{}", pl.lit(src.name), pl.col("row")).alias("where"))
-    if first is not None:
-        lf, n = lf.head(first), first
-    elif options.sample == "random" and options.split_pc < 100:
-        lf = lf.filter(unit_below(pl.col("where"), options.seed + 1, options.split_pc / 100))
-    return lf.drop("row"), n
+    where = pl.format("{}#row{}", pl.lit(src.name), pl.col("row")).alias("where")
+
+    def chunks():
+        for offset, length in _chunk_plan(groups, take):
+            block = lf.slice(offset, length).collect()  # whole row groups: each is decoded once
+            for sub in range(0, block.height, CHUNK_ROWS):  # a huge row group is validated in slices
+                part = block.slice(sub, CHUNK_ROWS)
+                part = part.with_columns(pl.int_range(offset + sub, offset + sub + part.height,
+                                                      dtype=pl.Int64).alias("row")).with_columns(where)
+                yield _random_sample(part, options)
+
+    ids = _random_sample(pl.scan_parquet(src.path).select("prompt_id").head(take)
+                         .with_row_index("row").with_columns(where), options).select("prompt_id")
+    return _Input(index, src, split_by, take, chunks, ids if take else None)
 
 
-def _run_query(frames, work: Path, out_dir: Path, options: PrepareOptions, read: int) -> dict:
-    """One streaming query: reasons, duplicates, split; three sinks written together."""
+def _chunk_plan(groups: list[int], take: int) -> list[tuple[int, int]]:
+    """(offset, rows) reads covering the first `take` rows: whole row groups, small ones merged up to CHUNK_ROWS."""
+    plan, start, length = [], 0, 0
+    for rows in groups:
+        length += rows
+        if length >= CHUNK_ROWS:
+            plan.append((start, length))
+            start, length = start + length, 0
+    if length:
+        plan.append((start, length))
+    return [(s, min(n, take - s)) for s, n in plan if s < take]
+
+
+def _json_schema():
     import polars as pl
-    vec_rejected = work / "rejected-vectorized.jsonl"
-    if frames:
-        lf = pl.concat(frames, how="vertical")
-        lf = lf.with_columns(reason_expr(options.max_row_bytes).alias("reason"))
-        good = pl.col("reason").is_null()
-        # Duplicates among good rows only: rejected rows get a key no prompt_id can have.
-        key = pl.when(good).then(pl.col("prompt_id")).otherwise(pl.concat_str([pl.lit("\0"), pl.col("where")]))
-        lf = lf.with_columns(pl.when(good & ~key.is_first_distinct())
-                             .then(pl.lit("duplicate-prompt-id")).otherwise(pl.col("reason")).alias("reason"))
-        to_test = unit_below(pl.col("prompt_id"), options.seed, options.test_fraction)
-        lf = lf.with_columns(pl.when(pl.col("split_by") == "hash")
-                             .then(pl.when(to_test).then(pl.lit("test")).otherwise(pl.lit("train")))
-                             .otherwise(pl.col("split_by")).alias("split"))
-        cols = ["prompt", "prompt_id", "messages"]
-        ok = pl.col("reason").is_null()
-        pl.collect_all([
-            lf.filter(ok & (pl.col("split") == "train")).select(cols).sink_ndjson(out_dir / "train.jsonl", lazy=True),
-            lf.filter(ok & (pl.col("split") == "test")).select(cols).sink_ndjson(out_dir / "test.jsonl", lazy=True),
-            lf.filter(~ok).select("where", "reason").sink_ndjson(vec_rejected, lazy=True),
-        ])
-    else:
-        for name in ("train.jsonl", "test.jsonl"):
-            (out_dir / name).write_bytes(b"")
-        vec_rejected.write_bytes(b"")
-    reasons: Counter[str] = Counter()
-    with open(out_dir / "rejected.jsonl", "wb") as out:
-        for part in (work / "rejected-rows.jsonl", vec_rejected):
-            with open(part, "rb") as f:
-                for line in f:
-                    reasons[json.loads(line)["reason"]] += 1
-                    out.write(line)
-    return {"read": read, "rejected": sum(reasons.values()), "rejected_by_reason": dict(sorted(reasons.items()))}
+    return {**polars_schema(), "where": pl.String}
 
 
-def file_digest(path: Path) -> dict:
-    """Bytes, sha256 and line count of an output file, in one read."""
-    h, size, lines = hashlib.sha256(), 0, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-            lines += chunk.count(b"\n")
-    return {"bytes": size, "sha256": h.hexdigest(), "rows": lines}
+def _json_input(index: int, src: Source, split_by: str, first: int | None, options: PrepareOptions,
+                work: Path, outputs: PreparedOutputs) -> _Input:
+    """JSON rows are checked one by one while normalizing (see shared.sources), then read back a chunk at a time."""
+    import polars as pl
+    norm = work / f"normalized-{index}.jsonl"
+    with open(norm, "wb") as out:
+        counts = normalize_json(src, out, outputs.rejected, options.max_row_bytes, first, CHUNK_ROWS)
+    outputs.reasons.update(counts["rejected_by_reason"])
+    bounds = counts["chunk_offsets"] + [counts["bytes"]]
+
+    def chunks():
+        with open(norm, "rb") as f:
+            for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                f.seek(a)
+                part = pl.read_ndjson(io.BytesIO(f.read(b - a)), schema=_json_schema())
+                part = part.with_columns(pl.int_range(k * CHUNK_ROWS, k * CHUNK_ROWS + part.height,
+                                                      dtype=pl.Int64).alias("row"))
+                yield _random_sample(part, options)
+
+    ids = None
+    if counts["kept"]:
+        ids = _random_sample(pl.scan_ndjson(norm, schema=_json_schema()), options).select("prompt_id")
+    return _Input(index, src, split_by, counts["read"], chunks, ids)
+
+
+def _duplicated_ids(inputs: list[_Input]):
+    """prompt_ids taken more than once across the whole dataset (first pass: this column only)."""
+    import polars as pl
+    frames = [inp.ids for inp in inputs if inp.ids is not None]
+    if not frames:
+        return pl.Series("prompt_id", [], dtype=pl.String)
+    return (pl.concat(frames).group_by("prompt_id").agg(pl.len()).filter(pl.col("len") > 1)
+            .collect()["prompt_id"])
+
+
+class _Classifier:
+    """Gives each row of a chunk its reason (null when good), split, and part: train, test,
+    rejected, or duplicate (a good row whose prompt_id occurs more than once: resolved at the end)."""
+
+    def __init__(self, duplicated_ids, options: PrepareOptions):
+        import polars as pl
+        self.reason = reason_expr(options.max_row_bytes).alias("reason")
+        self.to_test = unit_below(pl.col("prompt_id"), options.seed, options.test_fraction)
+        self.duplicated = pl.col("prompt_id").is_in(duplicated_ids.implode()) if len(duplicated_ids) else pl.lit(False)
+
+    def __call__(self, chunk, inp: _Input):
+        import polars as pl
+        split = (pl.when(self.to_test).then(pl.lit("test")).otherwise(pl.lit("train"))
+                 if inp.split_by == "hash" else pl.lit(inp.split_by))
+        part = (pl.when(pl.col("reason").is_not_null()).then(pl.lit("rejected"))
+                .when(self.duplicated).then(pl.lit("duplicate")).otherwise(pl.col("split")))
+        return chunk.with_columns(self.reason, split.alias("split")).with_columns(part.alias("part"))
 
 
 def _refuse_if_unusable(where: str, rows: dict, options: PrepareOptions) -> None:

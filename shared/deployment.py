@@ -36,12 +36,14 @@ def _ensure_endpoint(name: str, request: DeployRequest, backend: MLBackend) -> E
         existing = backend.get_endpoint(name)
     except NotFound:
         existing = None
-    if existing is not None and existing.provisioning_state != "Failed":
+    if existing is not None and existing.provisioning_state != "Failed" and existing.deployments:
         log.info("endpoint %s already exists (%s)", name, existing.provisioning_state)
         return existing
-    if existing is not None:
+    if existing is not None and existing.provisioning_state == "Failed":
         log.warning("endpoint %s exists but failed: deleting and deploying again", name)
         backend.delete_endpoint(name)
+    elif existing is not None:  # created, not yet deployed (a crash or timeout half-way): the backend resumes
+        log.info("endpoint %s exists without its deployment: resuming", name)
     model = backend.get_model(request.model_name, request.model_version)
     tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: request.flow_id, TAG_DATASET: request.dataset,
             TAG_MODEL: f"{request.model_name}:{request.model_version}",

@@ -82,3 +82,47 @@ def decide(event: Event) -> Decision:
     if status in FAILED_STATES:
         return Decision("record-failure", job, f"pipeline run {status.lower()}", flow, status)
     return Decision("ignore", job, f"status {status or 'unknown'} is not terminal", flow, status)
+
+
+def read_events(path) -> list:
+    """The events in a file: one JSON object, a JSON array (as Event Grid delivers), or JSON Lines."""
+    import json
+    from pathlib import Path
+    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise InvalidEvent(f"{path} is not JSON ({exc}): give an event object, an array of events or JSON Lines") from None
+    if value in ([], {}):
+        raise InvalidEvent(f"{path} holds no events")
+    return value if isinstance(value, list) else [value]
+
+
+def explain_all(raws: list) -> list[dict]:
+    """What job_events does with each event, in delivery order, as one delivery would see them:
+    a repeated event id is ignored, and so is any status after a job's terminal one (stale)."""
+    seen: set[str] = set()
+    terminal: dict[str, tuple[str, str]] = {}  # job -> (status, event id)
+    out = []
+    for raw in raws:
+        try:
+            event = normalize(raw)
+        except InvalidEvent as exc:
+            out.append({"action": "ignore", "job": "", "reason": f"invalid event: {exc}"})
+            continue
+        decision = decide(event)
+        if event.id in seen:
+            decision = Decision("ignore", decision.job, f"repeat of event {event.id}", decision.flow_id)
+        elif decision.action in ("register", "record-failure") and decision.job in terminal:
+            status, first = terminal[decision.job]
+            decision = Decision("ignore", decision.job, f"stale: job already {status.lower()} (event {first})",
+                                decision.flow_id, decision.status)
+        elif decision.action in ("register", "record-failure"):
+            terminal[decision.job] = (decision.status, event.id)
+        seen.add(event.id)
+        out.append({"action": decision.action, "job": decision.job, "reason": decision.reason,
+                    "event_id": event.id, "event_type": event.type})
+    return out

@@ -12,6 +12,7 @@ from shared import flows, naming, settings, storage
 from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID,
                               TAG_MANAGED_BY)
 from shared.messages import FinetuneRequest
+from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, JobInfo, JobSpec, MLBackend
 
 log = logging.getLogger("tuneflow.submit")
@@ -30,7 +31,7 @@ def default_params() -> dict:
 
 
 def job_spec(request: FinetuneRequest) -> JobSpec:
-    base_model = settings.get("TUNEFLOW_BASE_MODEL")
+    base_model = base_model_name()
     return JobSpec(
         name=naming.job_name(request.dataset, request.version, request.params),
         experiment=f"chat_completion_{base_model}",

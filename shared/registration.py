@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from shared import flows, naming, settings
+from shared import flows, naming
 from shared.contracts import TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY, MANAGED_BY_VALUE
-from shared.events import Decision
+from shared.events import FAILED_STATES, Decision
 from shared.messages import DeployRequest
+from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, MLBackend, MLError, NotFound
 
 log = logging.getLogger("tuneflow.job_events")
@@ -29,13 +30,16 @@ def handle_decision(decision: Decision, backend: MLBackend, flow_log) -> DeployR
     flow_id = job.tags.get(TAG_FLOW_ID) or decision.flow_id
     dataset, dataset_version = job.tags.get(TAG_DATASET, ""), job.tags.get(TAG_DATASET_VERSION, "")
     if decision.action == "record-failure":
+        if job.status not in FAILED_STATES:  # a late or repeated event: the workspace knows better
+            log.info("ignoring %s event for job %s: the workspace says %s", decision.status, job.name, job.status)
+            return None
         flows.record(flow_log, flow_id, "job-failed", dataset=dataset, version=dataset_version, job=job.name,
                      detail={"status": decision.status, "error": job.error})
         log.warning("job %s %s: %s", job.name, decision.status.lower(), job.error or "no error recorded")
         return None
     if job.status != "Completed":
         raise JobNotFinished(f"event says job {job.name} completed, workspace says {job.status}: retry later")
-    name = naming.model_name(settings.get("TUNEFLOW_BASE_MODEL"), dataset)
+    name = naming.model_name(base_model_name(), dataset)
     model_version = naming.model_version(job.name)
     tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: flow_id, TAG_DATASET: dataset,
             TAG_DATASET_VERSION: dataset_version, "source-job": job.name}

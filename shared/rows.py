@@ -49,6 +49,13 @@ def clean_row(row: dict) -> dict:
             "messages": [{"content": m["content"], "role": m["role"]} for m in row["messages"]]}
 
 
+def polars_schema() -> dict:
+    """The three output columns as polars types (messages as the hub has them: {content, role})."""
+    import polars as pl
+    return {"prompt": pl.String, "prompt_id": pl.String,
+            "messages": pl.List(pl.Struct({"content": pl.String, "role": pl.String}))}
+
+
 def reason_expr(max_row_bytes: int):
     """A polars expression giving each row's rejection reason (null when good), duplicates included.
 

@@ -27,7 +27,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_ML_BACKEND", "local", "ML backend: `local` (MLflow + subprocess jobs) or `azure`."),
     Setting("TUNEFLOW_STATE_DIR", ".tuneflow", "Local workspace state: MLflow DB, jobs, endpoints, Azurite data."),
-    Setting("TUNEFLOW_BASE_MODEL", "phi-3-tiny", "Base model to fine-tune (local: built offline; Azure: registry model name)."),
+    Setting("TUNEFLOW_BASE_MODEL", "", "Base model to fine-tune; empty: the backend's default (local: `phi-3-tiny`, built offline; Azure: `Phi-4` from the registry)."),
     Setting("TUNEFLOW_BASE_MODEL_DIR", "", "Local backend: a local Phi-3-architecture checkpoint folder to use instead of the built one."),
     Setting("TUNEFLOW_ENDPOINT_TTL", "2h", "How long an endpoint lives before the reaper deletes it (30m, 8h, 7d, 2w, PT8H)."),
     Setting("TUNEFLOW_REAPER_SCHEDULE", "0 */5 * * * *", "NCRONTAB (6 fields, seconds first) of the reaper timer."),
@@ -38,6 +38,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_MAX_REJECTED_SHARE", "0.05", "Refuse the whole dataset when more than this share of rows is rejected."),
     Setting("TUNEFLOW_MAX_ROW_BYTES", "262144", "Rows larger than this (bytes of JSON) are rejected."),
     Setting("TUNEFLOW_FINETUNE_PARAMS", "{}", "JSON object of default fine-tune parameters, overridden per request."),
+    Setting("TUNEFLOW_AZURE_SUBSCRIPTION_ID", "", "Azure backend: subscription of the Azure ML workspace."),
+    Setting("TUNEFLOW_AZURE_RESOURCE_GROUP", "", "Azure backend: resource group of the Azure ML workspace."),
+    Setting("TUNEFLOW_AML_WORKSPACE", "", "Azure backend: the Azure ML workspace that runs jobs and endpoints."),
+    Setting("TUNEFLOW_AML_REGISTRY", "azureml", "Azure backend: registry of the base model and the `chat_completion_pipeline` component."),
+    Setting("TUNEFLOW_AML_COMPONENT_VERSION", "", "Azure backend: pin `chat_completion_pipeline` to this version; empty: the latest."),
+    Setting("TUNEFLOW_AML_COMPUTE", "serverless", "Azure backend: fine-tune on this compute cluster, or `serverless`."),
+    Setting("TUNEFLOW_AML_FINETUNE_SKU", "", "Azure backend, serverless: the fine-tune VM size; empty: the model's first recommended size."),
+    Setting("TUNEFLOW_AML_DATASTORE", "tuneflow_prepared", "Azure backend: the workspace datastore that points at the `prepared` container."),
+    Setting("TUNEFLOW_INFERENCE_SKU", "", "Azure backend: endpoint instance type; empty: the model's first recommended inference size."),
+    Setting("TUNEFLOW_INFERENCE_SKU_OVERRIDE", "false", "Azure backend: `true` deploys on a size outside the model's inference allow-list."),
     Setting("TUNEFLOW_EVENTS_URL", "http://127.0.0.1:7071/runtime/webhooks/EventGrid?functionName=job_events",
             "Local backend: where finished jobs post their Azure ML event (the host's Event Grid route)."),
 )
@@ -70,6 +80,13 @@ def get_int(name: str, low: int) -> int:
     if value < low:
         raise SettingError(f"{name}={raw!r} is too small; use a whole number >= {low}")
     return value
+
+
+def get_bool(name: str) -> bool:
+    raw = get(name).strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingError(f"{name}={raw!r} is not a boolean; use true or false")
+    return raw in ("true", "1", "yes")
 
 
 def state_dir() -> Path:

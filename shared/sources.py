@@ -1,6 +1,7 @@
 """Input files: what kind each is, which split its name says, and how to read it in bounded memory.
 
-- parquet: read by polars directly (schema checked first: a wrong schema refuses the file).
+- parquet: read by polars a row group (or a run of small ones) at a time, schema checked first:
+  a wrong schema refuses the file.
 - JSON Lines (`.jsonl`, `.jsonl.gz`) and JSON arrays (`.json`): streamed row by row (lines read
   with a length cap, arrays through ijson) into normalized JSON Lines of structurally good rows
   (`where` keeps each row's source location); every unusable row is rejected with its location.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,19 +112,26 @@ def _lines(f, limit: int):
         yield lineno, raw
 
 
-def normalize_json(src: Source, out, rejected, max_row_bytes: int, first_rows: int | None = None) -> dict:
-    """Stream a JSON-family file into normalized JSONL (`out`) and rejections (`rejected`); return counts."""
-    counts = {"read": 0, "kept": 0}
-    rows = _json_rows(src, max_row_bytes)
-    for where, row, size in rows:
+def normalize_json(src: Source, out, rejected, max_row_bytes: int, first_rows: int | None = None,
+                   chunk_rows: int = 10_000) -> dict:
+    """Stream a JSON-family file into normalized JSONL (`out`, binary) and rejections
+    (`rejected.write_line(bytes)`); return counts, the rejections by reason, and the byte offset where each run of
+    `chunk_rows` kept rows starts in `out` (so it can be read back a chunk at a time)."""
+    counts = {"read": 0, "kept": 0, "rejected_by_reason": Counter(), "chunk_offsets": [], "bytes": 0}
+    for where, row, size in _json_rows(src, max_row_bytes):
         if first_rows is not None and counts["read"] >= first_rows:
             break
         counts["read"] += 1
         reason = row if isinstance(row, _Bad) else check_row(row, max_row_bytes, size)
         if reason is not None:
-            rejected.write(json.dumps({"where": where, "reason": str(reason)}) + "\n")
+            rejected.write_line(json.dumps({"where": where, "reason": str(reason)}).encode() + b"\n")
+            counts["rejected_by_reason"][str(reason)] += 1
             continue
-        out.write(json.dumps({**clean_row(row), "where": where}, ensure_ascii=False) + "\n")
+        if counts["kept"] % chunk_rows == 0:
+            counts["chunk_offsets"].append(counts["bytes"])
+        line = json.dumps({**clean_row(row), "where": where}, ensure_ascii=False).encode() + b"\n"
+        out.write(line)
+        counts["bytes"] += len(line)
         counts["kept"] += 1
     return counts
 

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
+# The published specs and event payloads (../shared/reference, copied here so a bare clone tests
+# against them too; test_reference_copies keeps the copy identical to the source when it is there).
+REFERENCE = ROOT / "tests" / "reference"
+SOURCE_REFERENCE = ROOT.parent / "shared" / "reference"
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
@@ -29,10 +32,12 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
 
 
 def reference_events(name: str):
-    path = REFERENCE / "events" / name
-    if not path.exists():
-        pytest.skip(f"reference file {path} is not present beside the project")
-    return json.loads(path.read_text())
+    return json.loads((REFERENCE / "events" / name).read_text())
+
+
+def reference_spec(name: str) -> dict:
+    import yaml
+    return yaml.safe_load((REFERENCE / "azureml" / name).read_text())
 
 
 @pytest.fixture(scope="session")

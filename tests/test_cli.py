@@ -162,3 +162,96 @@ def test_ingest_from_a_local_hub_layout_folder(storage_env, tmp_path):
     manifest = storage.get_json(storage.container("prepared"), f"ultrachat_200k/{request.version}/manifest.json")
     assert (manifest["rows"]["train"], manifest["rows"]["test"]) == (10, 2)
     assert manifest["unused_files"] == ["data/train_gen-00000-of-00001.parquet"]
+
+
+# -- the Azure ML path, offline -----------------------------------------------------------------
+
+def _prepared(tmp_path):
+    from local import sampledata
+    train = sampledata.write(tmp_path / "ds" / "train.jsonl", 20, seed=1)
+    test = sampledata.write(tmp_path / "ds" / "test.jsonl", 5, seed=2)
+    return str(train), str(test)
+
+
+@pytest.mark.parametrize("component", ["chat_completion_pipeline.spec.yaml", "chat_completion_pipeline.0.0.57.spec.yaml"])
+def test_submit_dry_run_prints_the_pipeline_job(tmp_path, component):
+    from tests.conftest import REFERENCE
+    train, test = _prepared(tmp_path)
+    res = tuneflow("submit", "--dry-run", "--train", train, "--test", test,
+                   "--model-spec", str(REFERENCE / "azureml" / "phi-4.spec.yaml"),
+                   "--component-spec", str(REFERENCE / "azureml" / component),
+                   "--compute-size", "standard_nc48ads_a100_v4", "--gpus", "2",
+                   "--param", "num_train_epochs=2", "--param", "learning_rate_min=1e-7")
+    assert res.returncode == 0, res.stderr
+    job = json.loads(res.stdout)
+    inputs = job["jobs"]["chat_completion_pipeline"]["inputs"]
+    assert job["display_name"] == "Phi-4-ultrachat-bs2-cosine-ds3-lora-save_limit1-seqlen-1"
+    assert inputs["number_of_gpu_to_use_finetuning"] == 2 and inputs["num_train_epochs"] == 2
+    assert inputs["instance_type_finetune"] == "standard_nc48ads_a100_v4"
+    # azure-ai-ml's own serialization marks a local file "azureml:<path>"; submit would upload it first
+    assert inputs["train_file_path"]["type"] == "uri_file" and inputs["train_file_path"]["path"].endswith(train)
+    assert inputs["mlflow_model_path"]["path"] == "azureml://registries/azureml/models/Phi-4/versions/8"
+    assert "learning_rate_min" not in inputs and "learning_rate_min" in res.stderr  # dropped, and said so
+    again = tuneflow("submit", "--dry-run", "--train", train, "--test", test,
+                     "--model-spec", str(REFERENCE / "azureml" / "phi-4.spec.yaml"),
+                     "--component-spec", str(REFERENCE / "azureml" / component),
+                     "--compute-size", "standard_nc48ads_a100_v4", "--gpus", "2",
+                     "--param", "num_train_epochs=2", "--param", "learning_rate_min=1e-7")
+    assert json.loads(again.stdout)["name"] == job["name"]  # deterministic
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"model": "phi-3-mini-4k-instruct.spec.yaml"}, "retired on 2025-08-30; set TUNEFLOW_BASE_MODEL=Phi-4"),
+    ({"model": "phi-3-mini-4k-instruct.legacy-tags.spec.yaml"}, "TUNEFLOW_BASE_MODEL=Phi-4"),
+    ({"model": "phi-3.5-mini-instruct.spec.yaml"}, "TUNEFLOW_BASE_MODEL=Phi-4"),
+    ({"size": "Standard_NC6s_v3"}, "Phi-4 cannot be fine-tuned on"),
+    ({"gpus": "0"}, "at least one GPU"),
+    ({"param": "precision=8"}, "precision=8 is not one of 32, 16"),
+    ({"train": "missing.jsonl"}, "--train missing.jsonl is not a file"),
+    ({"component": "phi-4.spec.yaml"}, "is not a pipeline component"),
+    ({"model": "no-such.yaml"}, "does not exist"),
+])
+def test_submit_dry_run_errors_are_one_line(tmp_path, change, words):
+    from tests.conftest import REFERENCE
+    train, test = _prepared(tmp_path)
+    ref = REFERENCE / "azureml"
+    args = ["submit", "--dry-run", "--train", change.get("train", train), "--test", test,
+            "--model-spec", str(ref / change.get("model", "phi-4.spec.yaml")),
+            "--component-spec", str(ref / change.get("component", "chat_completion_pipeline.spec.yaml")),
+            "--compute-size", change.get("size", "Standard_NC24ads_A100_v4"), "--gpus", change.get("gpus", "1")]
+    if "param" in change:
+        args += ["--param", change["param"]]
+    res = tuneflow(*args)
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and res.stdout == "" and len(lines) == 1, res.stderr
+    assert words in lines[0]
+
+
+def test_explain_event_says_what_job_events_would_do(tmp_path):
+    from tests.conftest import reference_events
+    completed = reference_events("ml-pipeline-run-completed.eventgrid.json")
+    completed = completed if isinstance(completed, list) else [completed]
+    failed = reference_events("ml-pipeline-run-failed.eventgrid.json")
+    failed = failed if isinstance(failed, list) else [failed]
+    step = reference_events("ml-step-run-completed.eventgrid.json")
+    step = step if isinstance(step, list) else [step]
+    late = json.loads(json.dumps(failed[0]))
+    late["id"], late["data"]["runId"] = "late-1", completed[0]["data"]["runId"]
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps(completed + step + completed + failed + [late, {"not": "an event"}]))
+    res = tuneflow("explain-event", str(batch))
+    assert res.returncode == 0, res.stderr
+    out = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(o["action"], o["job"]) for o in out] == [
+        ("register", completed[0]["data"]["runId"]), ("ignore", step[0]["data"]["runId"]),
+        ("ignore", completed[0]["data"]["runId"]), ("record-failure", failed[0]["data"]["runId"]),
+        ("ignore", completed[0]["data"]["runId"]), ("ignore", "")]
+    assert "repeat" in out[2]["reason"] and "stale" in out[4]["reason"] and "invalid event" in out[5]["reason"]
+    assert all(set(o) >= {"action", "job", "reason"} for o in out)
+
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(reference_events("ml-pipeline-run-completed.cloudevent.json")))
+    assert json.loads(tuneflow("explain-event", str(one)).stdout)["action"] == "register"
+    (tmp_path / "bad.json").write_text("{nope")
+    bad = tuneflow("explain-event", str(tmp_path / "bad.json"))
+    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "not JSON" in bad.stderr

@@ -220,3 +220,68 @@ def test_unusable_json_files_are_refused_with_a_fix(tmp_path, name, content, wor
 def test_bad_options_are_refused(overrides, words):
     with pytest.raises(ValueError, match=words):
         PrepareOptions().with_overrides(overrides)
+
+
+# -- chunked reading --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("groups, take, plan", [
+    ([1000] * 25, 25_000, [(0, 10_000), (10_000, 10_000), (20_000, 5_000)]),  # small groups merged
+    ([200_000], 200_000, [(0, 200_000)]),  # one big group: read once (validated in slices)
+    ([3000, 12_000, 4000], 19_000, [(0, 15_000), (15_000, 4000)]),
+    ([1000] * 25, 2500, [(0, 2500)]),  # split_pc first: only the leading rows
+    ([1000] * 25, 10_000, [(0, 10_000)]),
+    ([], 0, []),
+])
+def test_chunk_plan_reads_whole_row_groups(groups, take, plan, monkeypatch):
+    from shared import dataset
+    monkeypatch.setattr(dataset, "CHUNK_ROWS", 10_000)
+    assert dataset._chunk_plan(groups, take) == plan
+
+
+def reference(files: list[tuple[str, list]]) -> tuple[list[str], dict[str, str]]:
+    """Row by row, the obvious way: good prompt_ids (first occurrence wins) and rejected location -> reason."""
+    seen, good, rejected = set(), [], {}
+    for name, rows in files:
+        for i, row in enumerate(rows):
+            where = f"{name}#row{i}" if name.endswith(".parquet") else f"{name}:{i + 1}"
+            reason = check_row(row, 10_000, 100)
+            if reason is None and row["prompt_id"] in seen:
+                reason = "duplicate-prompt-id"
+            if reason:
+                rejected[where] = reason
+            else:
+                seen.add(row["prompt_id"])
+                good.append(row["prompt_id"])
+    return good, rejected
+
+
+def test_chunked_preparation_matches_the_row_by_row_reference(tmp_path, monkeypatch):
+    """Chunks of 7 rows over row groups of 5 and one of 40: duplicates across chunks and files (and
+    one whose first copy is invalid), rejected rows in several chunks; same result as any chunk size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from shared import dataset
+    rows = list(sampledata.rows(90, seed=11))
+    a = rows[:40]
+    a[3] = {**a[3], "messages": [{"role": "user", "content": "no answer"}]}
+    a[17] = {**rows[2], "prompt": "again"}  # duplicate of row 2, a later chunk
+    a[30] = {**a[29]}  # duplicate in the next row
+    a[33] = {**a[33], "messages": []}
+    b = rows[40:80] + [rows[5], {**rows[3]}]  # rows[3] is invalid in a (a[3] was replaced): first good copy is here
+    c = rows[80:] + [rows[45], {**rows[81], "prompt_id": ""}]
+    schema = pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()),
+                        ("messages", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])))])
+    pq.write_table(pa.Table.from_pylist(a, schema=schema), tmp_path / "a.parquet", row_group_size=5)
+    pq.write_table(pa.Table.from_pylist(b, schema=schema), tmp_path / "b.parquet", row_group_size=40)
+    (tmp_path / "c.jsonl").write_bytes(jsonl(c))
+    files = {name: tmp_path / name for name in ("a.parquet", "b.parquet", "c.jsonl")}
+    opts = PrepareOptions(test_fraction=0.3, max_rejected_share=0.2)
+    whole = run(tmp_path, files, opts, out="whole")
+    monkeypatch.setattr(dataset, "CHUNK_ROWS", 7)
+    chunked = run(tmp_path, files, opts, out="chunked")
+    good, rejected = reference([("a.parquet", a), ("b.parquet", b), ("c.jsonl", c)])
+    got = [r["prompt_id"] for split in ("train", "test") for r in lines(tmp_path / "chunked" / f"{split}.jsonl")]
+    assert sorted(got) == sorted(good)
+    assert {r["where"]: r["reason"] for r in lines(tmp_path / "chunked" / "rejected.jsonl")} == rejected
+    assert chunked["files"] == whole["files"] and chunked["rows"] == whole["rows"]
+    assert chunked["rows"]["rejected_by_reason"]["duplicate-prompt-id"] == 4

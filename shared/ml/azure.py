@@ -1,13 +1,355 @@
-"""The Azure ML backend (azure-ai-ml). Not built yet: every call says so, nothing pretends to work."""
+"""The Azure ML backend: the seed notebook's calls, unattended (azure-ai-ml, azure-identity).
+
+- Identity only: `DefaultAzureCredential` (the Function App's managed identity in Azure; `az login`
+  on a workstation); no interactive fallback, no keys.
+- Two clients, as the seed: the workspace, and the registry (`azureml`) for the base model and
+  the `chat_completion_pipeline` component (latest, or pinned by TUNEFLOW_AML_COMPONENT_VERSION).
+- Nothing blocks on a job (`jobs.stream` is the notebook's; the app waits for Event Grid).
+- Check-before-create everywhere: a job, model version or endpoint that exists raises
+  AlreadyExists, exactly as the local backend does, so a redelivered message finds the work done.
+- Azure errors become one line naming what to change (NotFound, NotConfigured, MLError).
+
+azure-ai-ml is imported on first use, never at function start-up (about 0.9 s and 100 MB).
+"""
 
 from __future__ import annotations
 
-from shared.ml.base import NotConfigured
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
 
-_MESSAGE = ("the Azure ML backend is not available in this version of tuneflow: "
-            "set TUNEFLOW_ML_BACKEND=local to use the local workspace")
+from shared import settings
+from shared.compute import SERVERLESS, FinetuneCompute, check_finetune, check_inference
+from shared.contracts import DEPLOYMENT_NAME
+from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError, ModelRef,
+                            NotConfigured, NotFound)
+from shared.modelspec import ACTIVE_ALTERNATIVE, BaseModelUnusable, ModelFacts, preflight
+from shared import pipeline
+
+log = logging.getLogger("tuneflow.azureml")
+
+DEFAULT_BASE_MODEL = ACTIVE_ALTERNATIVE
+COMPONENT = "chat_completion_pipeline"
+# The seed's deployment settings: the model server needs minutes to load the weights.
+LIVENESS_INITIAL_DELAY_S = 600
+REQUEST_TIMEOUT_MS = 90_000
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    subscription_id: str
+    resource_group: str
+    workspace: str
+    registry: str
+    base_model: str
+    component_version: str  # "" = latest
+    compute: str  # a cluster name, or "serverless"
+    finetune_sku: str  # serverless instance type; "" = the model's first recommended size
+    inference_sku: str  # "" = the model's first recommended inference size
+    inference_override: bool
+    datastore: str
+
+    @classmethod
+    def from_settings(cls) -> "AzureConfig":
+        missing = [n for n in ("TUNEFLOW_AZURE_SUBSCRIPTION_ID", "TUNEFLOW_AZURE_RESOURCE_GROUP", "TUNEFLOW_AML_WORKSPACE")
+                   if not settings.get(n)]
+        if missing:
+            raise NotConfigured(f"the Azure ML backend needs {', '.join(missing)}: set them to the workspace "
+                                f"the app fine-tunes in (infra outputs them)")
+        return cls(subscription_id=settings.get("TUNEFLOW_AZURE_SUBSCRIPTION_ID"),
+                   resource_group=settings.get("TUNEFLOW_AZURE_RESOURCE_GROUP"),
+                   workspace=settings.get("TUNEFLOW_AML_WORKSPACE"), registry=settings.get("TUNEFLOW_AML_REGISTRY"),
+                   base_model=settings.get("TUNEFLOW_BASE_MODEL") or DEFAULT_BASE_MODEL,
+                   component_version=settings.get("TUNEFLOW_AML_COMPONENT_VERSION"),
+                   compute=settings.get("TUNEFLOW_AML_COMPUTE"), finetune_sku=settings.get("TUNEFLOW_AML_FINETUNE_SKU"),
+                   inference_sku=settings.get("TUNEFLOW_INFERENCE_SKU"),
+                   inference_override=settings.get_bool("TUNEFLOW_INFERENCE_SKU_OVERRIDE"),
+                   datastore=settings.get("TUNEFLOW_AML_DATASTORE"))
+
+
+@contextlib.contextmanager
+def azure_errors(what: str):
+    """Azure SDK exceptions as the interface's: one line, saying what to change."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+    try:
+        yield
+    except ResourceNotFoundError as exc:
+        raise NotFound(f"{what}: not found ({_first_line(exc)})") from None
+    except ClientAuthenticationError as exc:
+        raise NotConfigured(f"{what}: Azure sign-in failed ({_first_line(exc)}); in Azure give the Function App's "
+                            f"managed identity access to the workspace, locally run `az login`") from None
+    except HttpResponseError as exc:
+        if exc.status_code == 404:
+            raise NotFound(f"{what}: not found ({_first_line(exc)})") from None
+        raise MLError(f"{what}: Azure ML answered {exc.status_code} ({_first_line(exc)})") from None
+
+
+def _text(value) -> str:
+    """An SDK enum or string as Azure names it ("Completed", "Succeeded")."""
+    return str(getattr(value, "value", value) or "")
+
+
+def _first_line(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return str(message).strip().splitlines()[0][:200] if str(message).strip() else type(exc).__name__
 
 
 class AzureWorkspace:
-    def __getattr__(self, name: str):
-        raise NotConfigured(_MESSAGE)
+    """MLBackend on an Azure ML workspace. `transport` is for tests (azure-core transport doubles)."""
+
+    def __init__(self, config: AzureConfig | None = None, credential=None, transport=None,
+                 now: Callable[[], datetime] | None = None):
+        self.config = config or AzureConfig.from_settings()
+        self._credential, self._transport = credential, transport
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._ws_client = self._registry_client = None
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _kwargs(self) -> dict:
+        return {"transport": self._transport} if self._transport is not None else {}
+
+    def _cred(self):
+        if self._credential is None:
+            from azure.identity import DefaultAzureCredential
+            # Managed identity in Azure (AZURE_CLIENT_ID picks a user-assigned one), `az login` locally;
+            # never a browser: nobody is there to click.
+            self._credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return self._credential
+
+    @property
+    def ws(self):
+        if self._ws_client is None:
+            from azure.ai.ml import MLClient
+            c = self.config
+            self._ws_client = MLClient(self._cred(), c.subscription_id, c.resource_group, c.workspace,
+                                       enable_telemetry=False, show_progress=False, **self._kwargs())
+        return self._ws_client
+
+    @property
+    def registry(self):
+        if self._registry_client is None:
+            from azure.ai.ml import MLClient
+            with azure_errors(f"registry {self.config.registry}"):
+                self._registry_client = MLClient(self._cred(), registry_name=self.config.registry,
+                                                 enable_telemetry=False, show_progress=False, **self._kwargs())
+        return self._registry_client
+
+    # -- preflight ---------------------------------------------------------------------------
+
+    def base_model(self, name: str | None = None) -> ModelFacts:
+        """The registry's latest version of the base model, refused if it can no longer be fine-tuned."""
+        name = name or self.config.base_model
+        try:
+            with azure_errors(f"base model {name} in registry {self.config.registry}"):
+                model = self.registry.models.get(name, label="latest")
+        except NotFound:
+            raise BaseModelUnusable(f"base model {name} is not in registry {self.config.registry} (archived models "
+                                    f"are not listed): set TUNEFLOW_BASE_MODEL={ACTIVE_ALTERNATIVE} or another "
+                                    f"active chat-completion model") from None
+        facts = ModelFacts.from_entity(model, **self._registry_extras(name, str(model.version)))
+        preflight(facts, self._now())
+        return facts
+
+    def _registry_extras(self, name: str, version: str) -> dict:
+        """`isArchived` and the system metadata (allow-lists, retirement dates) of a registry model.
+
+        azure-ai-ml's `Model` drops both; its own REST object for the same version keeps every key
+        the service sent, so read them there (camelCase, or snake_case as the SDK writes them)."""
+        with azure_errors(f"base model {name}:{version} in registry {self.config.registry}"):
+            rest = self.registry.models._get(name, version)  # the SDK's REST call; the entity hides these keys
+        props = rest.properties if isinstance(rest.properties, Mapping) else {}
+        meta = props.get("systemMetadata") or props.get("system_metadata") or {}
+        return {"system_metadata": dict(meta), "archived": bool(props.get("isArchived", False))}
+
+    def component(self):
+        c = self.config
+        label = {"version": c.component_version} if c.component_version else {"label": "latest"}
+        with azure_errors(f"component {COMPONENT} {c.component_version or 'latest'} in registry {c.registry} "
+                          f"(TUNEFLOW_AML_COMPONENT_VERSION)"):
+            return self.registry.components.get(COMPONENT, **label)
+
+    def gpu_sizes(self) -> dict[str, int]:
+        with azure_errors("VM sizes of the workspace's region"):
+            return {s.name: int(s.gpus or 0) for s in self.ws.compute.list_sizes()}
+
+    def finetune_compute(self, facts: ModelFacts) -> FinetuneCompute:
+        c = self.config
+        if c.compute == SERVERLESS:
+            sku = c.finetune_sku or (facts.finetune_skus[0] if facts.finetune_skus else "")
+            return check_finetune(facts, SERVERLESS, sku, "Succeeded", self.gpu_sizes())
+        with azure_errors(f"compute cluster {c.compute} (TUNEFLOW_AML_COMPUTE)"):
+            cluster = self.ws.compute.get(c.compute)
+        return check_finetune(facts, c.compute, str(getattr(cluster, "size", "") or ""),
+                              _text(cluster.provisioning_state), self.gpu_sizes(), "TUNEFLOW_AML_COMPUTE")
+
+    def datastore_uri(self, prepared_uri: str) -> str:
+        """`prepared/<dataset>/<version>/train.jsonl` on the datastore that points at the `prepared` container."""
+        path = prepared_uri.split("/", 1)[1]
+        return f"azureml://datastores/{self.config.datastore}/paths/{path}"
+
+    def pipeline_job(self, spec: JobSpec):
+        """(job, Parameters) for `spec`: the whole preflight, no submission."""
+        facts = self.base_model(spec.base_model or None)
+        component = self.component()
+        compute = self.finetune_compute(facts)
+        params = pipeline.resolve(pipeline.component_inputs(component), facts.specific_defaults, spec.params)
+        display = pipeline.display_name(facts.name, params.values, compute.gpus)
+        job = pipeline.build_job(component, name=spec.name, experiment=spec.experiment, model_id=facts.id,
+                                 compute=compute, train_uri=self.datastore_uri(spec.train_uri),
+                                 test_uri=self.datastore_uri(spec.test_uri), params=params.values,
+                                 display=display, tags=spec.tags)
+        return job, params
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> JobInfo:
+        try:
+            self.get_job(spec.name)
+            raise AlreadyExists(f"job {spec.name} already exists")
+        except NotFound:
+            pass
+        job, params = self.pipeline_job(spec)
+        for key, why in params.dropped.items():
+            log.warning("parameter %s not passed to %s: %s", key, COMPONENT, why)
+        with azure_errors(f"submitting job {spec.name}"):
+            created = self.ws.jobs.create_or_update(job, experiment_name=spec.experiment)
+        return self._job_info(created)
+
+    def get_job(self, name: str) -> JobInfo:
+        with azure_errors(f"job {name}"):
+            return self._job_info(self.ws.jobs.get(name))
+
+    @staticmethod
+    def _job_info(job) -> JobInfo:
+        error = ""
+        if job.status in ("Failed", "Canceled"):
+            error = f"job {job.name} {job.status.lower()}: see its logs in Azure ML studio ({job.studio_url or 'no url'})"
+        return JobInfo(name=job.name, status=_text(job.status), tags=dict(job.tags or {}),
+                       output_uri=f"azureml://jobs/{job.name}/outputs/{pipeline.OUTPUT}", error=error)
+
+    # -- models ------------------------------------------------------------------------------
+
+    def register_model(self, name: str, version: str, job: str, tags: dict) -> ModelRef:
+        info = self.get_job(job)
+        if info.status != "Completed":
+            raise MLError(f"job {job} is {info.status}, not Completed: nothing to register")
+        try:
+            self.get_model(name, version)
+            raise AlreadyExists(f"model {name} version {version} already exists")
+        except NotFound:
+            pass
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Model
+        model = Model(path=f"azureml://jobs/{job}/outputs/{pipeline.OUTPUT}", type=AssetTypes.MLFLOW_MODEL, name=name,
+                      version=version, tags=tags,
+                      description=f"{self.config.base_model} fine tuned model for ultrachat 200k chat-completion")
+        with azure_errors(f"registering model {name}:{version}"):
+            created = self.ws.models.create_or_update(model)
+        return ModelRef(name=created.name, version=str(created.version), tags=dict(created.tags or {}))
+
+    def get_model(self, name: str, version: str) -> ModelRef:
+        with azure_errors(f"model {name}:{version}"):
+            model = self.ws.models.get(name, version=version)
+        return ModelRef(name=model.name, version=str(model.version), tags=dict(model.tags or {}))
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def inference_sku(self) -> str:
+        facts = self.base_model()
+        sku = self.config.inference_sku or (facts.inference_skus[0] if facts.inference_skus else "")
+        if not sku:
+            raise NotConfigured(f"{facts.name} names no inference size: set TUNEFLOW_INFERENCE_SKU")
+        check_inference(facts, sku, self.config.inference_override)
+        return sku
+
+    def deploy(self, endpoint: str, model: ModelRef, tags: dict) -> EndpointInfo:
+        """Endpoint (with its tags, so the reaper sees it at once), deployment, then 100 % traffic.
+
+        A redelivery after a crash or a timeout half-way resumes where the last attempt stopped (the
+        endpoint keeps the tags, and so the expiry, it was created with); only a complete endpoint
+        raises AlreadyExists."""
+        from azure.ai.ml.entities import (ManagedOnlineDeployment, ManagedOnlineEndpoint, OnlineRequestSettings,
+                                          ProbeSettings)
+        online = self._online_endpoint(endpoint)
+        if online is not None and (online.traffic or {}).get(DEPLOYMENT_NAME) == 100:
+            raise AlreadyExists(f"endpoint {endpoint} already exists")
+        sku = self.inference_sku()
+        if online is None:
+            online = ManagedOnlineEndpoint(name=endpoint, auth_mode="key", tags=tags,
+                                           description=f"{model.name}:{model.version}, deployed by tuneflow")
+            with azure_errors(f"creating endpoint {endpoint}"):
+                self.ws.online_endpoints.begin_create_or_update(online).result()
+        if not self._has_deployment(endpoint):
+            deployment = ManagedOnlineDeployment(
+                name=DEPLOYMENT_NAME, endpoint_name=endpoint, model=f"azureml:{model.name}:{model.version}",
+                instance_type=sku, instance_count=1,
+                liveness_probe=ProbeSettings(initial_delay=LIVENESS_INITIAL_DELAY_S),
+                request_settings=OnlineRequestSettings(request_timeout_ms=REQUEST_TIMEOUT_MS))
+            with azure_errors(f"deploying {model.name}:{model.version} to {endpoint} on {sku} (TUNEFLOW_INFERENCE_SKU)"):
+                self.ws.online_deployments.begin_create_or_update(deployment).result()
+        online.traffic = {DEPLOYMENT_NAME: 100}
+        with azure_errors(f"routing traffic of {endpoint}"):
+            self.ws.online_endpoints.begin_create_or_update(online).result()
+        return self.get_endpoint(endpoint)
+
+    def _online_endpoint(self, name: str):
+        try:
+            with azure_errors(f"endpoint {name}"):
+                return self.ws.online_endpoints.get(name)
+        except NotFound:
+            return None
+
+    def _has_deployment(self, endpoint: str) -> bool:
+        try:
+            with azure_errors(f"deployment {DEPLOYMENT_NAME} of {endpoint}"):
+                self.ws.online_deployments.get(name=DEPLOYMENT_NAME, endpoint_name=endpoint)
+            return True
+        except NotFound:
+            return False
+
+    def get_endpoint(self, name: str) -> EndpointInfo:
+        with azure_errors(f"endpoint {name}"):
+            endpoint = self.ws.online_endpoints.get(name)
+        return self._endpoint_info(endpoint)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        with azure_errors("listing endpoints"):
+            return [self._endpoint_info(e) for e in self.ws.online_endpoints.list()]
+
+    @staticmethod
+    def _endpoint_info(endpoint) -> EndpointInfo:
+        created = getattr(endpoint, "creation_context", None)
+        created_at = created.created_at if created is not None and created.created_at else ""
+        traffic = endpoint.traffic or {}
+        return EndpointInfo(name=endpoint.name, tags=dict(endpoint.tags or {}),
+                            provisioning_state=_text(endpoint.provisioning_state),
+                            created_at=created_at.isoformat() if hasattr(created_at, "isoformat") else str(created_at),
+                            scoring_uri=endpoint.scoring_uri or "",
+                            deployments=tuple(DeploymentInfo(name=d, instance_type="", instance_count=0,
+                                                             provisioning_state="") for d in traffic))
+
+    def invoke(self, endpoint: str, body: dict) -> object:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(body, f)
+        try:
+            with azure_errors(f"invoking endpoint {endpoint}"):
+                answer = self.ws.online_endpoints.invoke(endpoint_name=endpoint, request_file=f.name,
+                                                         deployment_name=DEPLOYMENT_NAME)
+        finally:
+            os.unlink(f.name)
+        try:
+            return json.loads(answer)
+        except (TypeError, ValueError):
+            return answer
+
+    def delete_endpoint(self, name: str) -> None:
+        self.get_endpoint(name)  # NotFound, as the local backend
+        with azure_errors(f"deleting endpoint {name}"):
+            self.ws.online_endpoints.begin_delete(name=name).result()

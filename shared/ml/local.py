@@ -28,6 +28,7 @@ from pathlib import Path
 
 from shared import settings
 from shared.contracts import DEPLOYMENT_NAME
+from shared.ml import base_model_name
 from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError,
                             ModelRef, NotFound)
 from shared.ttl import format_utc, utcnow
@@ -138,7 +139,7 @@ class LocalWorkspace:
         configured = settings.get("TUNEFLOW_BASE_MODEL_DIR")
         if configured:
             return str(Path(configured).resolve())
-        return str(self.root / "base-models" / settings.get("TUNEFLOW_BASE_MODEL"))
+        return str(self.root / "base-models" / base_model_name())
 
     def get_job(self, name: str) -> JobInfo:
         job_dir = self.jobs / name

@@ -1,0 +1,44 @@
+"""Service Bus sends that need a MessageId.
+
+The deploy request's MessageId is `model:version`, so the `deployments` queue's duplicate
+detection drops a second request for the same model version (a redelivered event, a re-run).
+Functions' Service Bus output binding cannot set MessageId outside .NET, so job_events sends with
+the SDK, through the same identity-based connection settings the trigger uses
+(`ServiceBusConnection__fullyQualifiedNamespace`, optionally `__clientId`). The local host plugs
+in its stand-in (an Azurite queue with the same duplicate-detection window) with `use()`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from shared.settings import SettingError
+
+CONNECTION = "ServiceBusConnection"
+Sender = Callable[[str, str, str], None]  # (queue, body, message_id)
+_sender: Sender | None = None
+
+
+def use(sender: Sender | None) -> None:
+    """Route sends to `sender` (the local stand-in); None restores Service Bus."""
+    global _sender
+    _sender = sender
+
+
+def send(queue: str, body: str, message_id: str) -> None:
+    (_sender or _send_to_service_bus)(queue, body, message_id)
+
+
+def _send_to_service_bus(queue: str, body: str, message_id: str) -> None:
+    namespace = os.environ.get(f"{CONNECTION}__fullyQualifiedNamespace", "")
+    if not namespace or "<" in namespace:
+        raise SettingError(f"{CONNECTION}__fullyQualifiedNamespace is not set: give the Service Bus namespace "
+                           f"(e.g. sb-tuneflow.servicebus.windows.net); the Function App's identity needs "
+                           f"'Azure Service Bus Data Sender' on it")
+    from azure.identity import DefaultAzureCredential
+    from azure.servicebus import ServiceBusClient, ServiceBusMessage
+    credential = DefaultAzureCredential(exclude_interactive_browser_credential=True,
+                                        managed_identity_client_id=os.environ.get(f"{CONNECTION}__clientId"))
+    with ServiceBusClient(namespace, credential) as client, client.get_queue_sender(queue) as sender:
+        sender.send_messages(ServiceBusMessage(body, message_id=message_id, content_type="application/json"))

@@ -1,0 +1,62 @@
+"""Where fine-tuning and inference may run: the seed's compute checks, as data in and one error out.
+
+Fine-tuning (seed, step 3): the cluster must not have failed provisioning; its VM size must be in
+the model's fine-tune allow-list when the model has one, and otherwise not in the list of sizes
+the component does not support; the size's GPU count comes from the workspace's size catalogue.
+Serverless compute skips the cluster but not the allow-list. Inference (seed, step 7, where the
+notebook only printed a warning): the instance type must be in the model's inference allow-list
+unless the override is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.modelspec import ModelFacts
+
+SERVERLESS = "serverless"
+# Sizes the seed refuses when the model gives no allow-list (K80 GPUs: not supported).
+UNSUPPORTED_SIZES = ("standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r")
+
+
+class ComputeUnusable(ValueError):
+    """The compute cannot run the job; the message names the setting or SKU to change."""
+
+
+@dataclass(frozen=True)
+class FinetuneCompute:
+    compute: str  # a cluster name, or "serverless"
+    instance_type: str  # the VM size (the cluster's, or the serverless instance type)
+    gpus: int
+
+
+def check_finetune(facts: ModelFacts, compute: str, vm_size: str, provisioning_state: str,
+                   sizes: dict[str, int], setting: str = "TUNEFLOW_AML_FINETUNE_SKU") -> FinetuneCompute:
+    """`sizes` maps VM size names (any case) to GPU counts, as `compute.list_sizes()` gives them."""
+    where = "serverless compute" if compute == SERVERLESS else f"compute cluster {compute}"
+    if provisioning_state.lower() == "failed":
+        raise ComputeUnusable(f"{where} is in provisioning state Failed: fix or recreate it, or set "
+                              f"TUNEFLOW_AML_COMPUTE to another cluster (or {SERVERLESS})")
+    if not vm_size:
+        raise ComputeUnusable(f"{where} has no VM size: set {setting} to one of "
+                              f"{', '.join(facts.finetune_skus) or 'the GPU sizes of your workspace'}")
+    if facts.finetune_skus:
+        if not facts.allows_finetune_on(vm_size):
+            raise ComputeUnusable(f"{where} uses {vm_size}, which {facts.name} cannot be fine-tuned on: use one of "
+                                  f"{', '.join(facts.finetune_skus)} ({setting} or TUNEFLOW_AML_COMPUTE)")
+    elif vm_size.lower() in UNSUPPORTED_SIZES:
+        raise ComputeUnusable(f"{where} uses {vm_size}, which fine-tuning does not support: use a GPU size newer "
+                              f"than {', '.join(UNSUPPORTED_SIZES)}")
+    gpus = {k.lower(): v for k, v in sizes.items()}.get(vm_size.lower())
+    if not gpus:
+        raise ComputeUnusable(f"{vm_size} has no GPUs in this workspace's size list: fine-tuning needs GPU compute; "
+                              f"use one of {', '.join(facts.finetune_skus) or 'the GPU sizes of your region'}")
+    return FinetuneCompute(compute=compute, instance_type=vm_size, gpus=int(gpus))
+
+
+def check_inference(facts: ModelFacts, instance_type: str, override: bool,
+                    setting: str = "TUNEFLOW_INFERENCE_SKU") -> None:
+    if not facts.inference_skus or facts.allows_inference_on(instance_type) or override:
+        return
+    raise ComputeUnusable(f"{instance_type} is not in {facts.name}'s inference allow-list: set {setting} to one of "
+                          f"{', '.join(facts.inference_skus)} (or TUNEFLOW_INFERENCE_SKU_OVERRIDE=true to deploy anyway)")
