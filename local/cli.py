@@ -70,10 +70,11 @@ def cmd_status(args) -> int:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
     table = Table(title="tuneflow flows")
-    for col in ("dataset", "stage", "job", "model", "endpoint", "expires-at"):
+    for col in ("dataset", "stage", "job", "model", "endpoint", "expires-at", "time left"):
         table.add_column(col)
     for s in statuses:
-        table.add_row(s.dataset, s.stage, s.job, s.model, s.endpoint, s.expires_at)
+        left = time_left(s.expires_at) if s.endpoint and s.stage != "reaped" else ""
+        table.add_row(s.dataset, s.stage, s.job, s.model, s.endpoint, s.expires_at, left)
     console.print(table)
     return 0
 
@@ -158,23 +159,129 @@ def cmd_explain_event(args) -> int:
 
 
 def cmd_reap(args) -> int:
-    from shared import storage
-    from shared.contracts import FLOWS_CONTAINER
-    from shared.ml import get_backend
-    from shared.reaper import reap
-    from shared.ttl import utcnow
-    decisions = reap(get_backend(), None if args.dry_run else storage.container(FLOWS_CONTAINER), utcnow(),
-                     dry_run=args.dry_run)
+    """The reaper's decision for every endpoint (live backend, or --inventory); acts without --dry-run."""
+    from shared.reaper import ReaperPolicy, plan, reap
+    now = _now(args.now)
+    policy = ReaperPolicy.from_settings()
+    if args.inventory:
+        if not args.dry_run:
+            raise UsageError("--inventory plans over a file: add --dry-run (deleting needs the live backend)")
+        decisions, alert = plan(_read_inventory(Path(args.inventory)), now, policy)
+    else:
+        from shared import storage
+        from shared.contracts import FLOWS_CONTAINER, REAPER_CONTAINER
+        from shared.ml import get_backend
+        live = not args.dry_run
+        run = reap(get_backend(), now, policy, dry_run=args.dry_run,
+                   flow_log=storage.container(FLOWS_CONTAINER) if live else None,
+                   state=storage.container(REAPER_CONTAINER) if live else None)
+        if run.skipped:
+            raise UsageError(f"{run.skipped}: try again in a minute")
+        decisions, alert = run.decisions, run.alert
     if args.json:
         print(json.dumps([d.as_dict() for d in decisions], indent=2))
+    else:
+        table = Table(title="reaper" + (" (dry run: nothing deleted)" if args.dry_run else ""))
+        for col in ("endpoint", "action", "rule", "reason"):
+            table.add_column(col)
+        for d in decisions:
+            table.add_row(d.endpoint, d.action, d.rule, d.reason)
+        console.print(table)
+    if alert:
+        sys.stderr.write(f"alert: circuit breaker: {alert}; nothing was deleted\n")
+    return 0
+
+
+def _now(text: str | None):
+    from shared.ttl import parse_expires_at, utcnow
+    if not text:
+        return utcnow()
+    moment = parse_expires_at(text)
+    if moment is None:
+        raise UsageError(f"--now {text!r} is not ISO 8601 with an offset (e.g. 2026-11-26T12:00:00Z)")
+    return moment
+
+
+def _read_inventory(path: Path):
+    """Endpoints as `tuneflow endpoints list --json` writes them."""
+    from shared.ml.base import DeploymentInfo, EndpointInfo
+    try:
+        items = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise UsageError(f"--inventory {path} does not exist") from None
+    except ValueError as exc:
+        raise UsageError(f"--inventory {path} is not JSON ({exc}): give the output of `tuneflow endpoints list --json`") from None
+    if not isinstance(items, list):
+        raise UsageError(f"--inventory {path} must be a JSON list of endpoints (`tuneflow endpoints list --json`)")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise UsageError(f"--inventory {path}: item {i} is not an endpoint object with a name")
+        tags = item.get("tags") if isinstance(item.get("tags"), dict) else {}
+        deployments = tuple(
+            DeploymentInfo(name=str(d.get("name", "")), instance_type=str(d.get("instance_type") or ""),
+                           instance_count=int(d.get("instance_count") or 0),
+                           provisioning_state=str(d.get("provisioning_state") or ""))
+            for d in (item.get("deployments") or []) if isinstance(d, dict))
+        out.append(EndpointInfo(name=item["name"], tags={str(k): str(v) for k, v in tags.items()},
+                                provisioning_state=str(item.get("provisioning_state") or ""),
+                                created_at=str(item.get("created_at") or ""), deployments=deployments))
+    return out
+
+
+def cmd_endpoints_list(args) -> int:
+    from shared.ml import get_backend
+    endpoints = get_backend().list_endpoints()
+    inventory = [{"name": e.name, "tags": e.tags, "provisioning_state": e.provisioning_state, "created_at": e.created_at,
+                  "deployments": [{"name": d.name, "instance_type": d.instance_type, "instance_count": d.instance_count,
+                                   "provisioning_state": d.provisioning_state} for d in e.deployments]}
+                 for e in endpoints]
+    if args.json:
+        print(json.dumps(inventory, indent=2))
         return 0
-    table = Table(title="reaper" + (" (dry run: nothing deleted)" if args.dry_run else ""))
-    for col in ("endpoint", "action", "rule", "reason"):
+    from shared.reaper import tag
+    from shared.contracts import TAG_EXPIRES_AT
+    table = Table(title="endpoints")
+    for col in ("name", "state", "deployments", "expires-at", "time left"):
         table.add_column(col)
-    for d in decisions:
-        table.add_row(d.endpoint, d.action, d.rule, d.reason)
+    for e in endpoints:
+        expiry = tag(e.tags, TAG_EXPIRES_AT) or ""
+        table.add_row(e.name, e.provisioning_state, ", ".join(f"{d.name} ({d.instance_type} x{d.instance_count})"
+                                                               for d in e.deployments), expiry, time_left(expiry))
     console.print(table)
     return 0
+
+
+def cmd_endpoints_extend(args) -> int:
+    """Renew an endpoint's lease: expires-at = now + TTL (absolute, computed once), recorded in its flow."""
+    from shared import flows, storage
+    from shared.contracts import FLOWS_CONTAINER, TAG_EXPIRES_AT, TAG_FLOW_ID
+    from shared.ml import get_backend
+    from shared.reaper import tag
+    from shared.ttl import expires_at, utcnow
+    backend = get_backend()
+    endpoint = backend.get_endpoint(args.name)
+    new_expiry = expires_at(utcnow(), args.ttl)
+    tags = {k: v for k, v in endpoint.tags.items() if k.lower() != TAG_EXPIRES_AT}
+    backend.set_endpoint_tags(args.name, {**tags, TAG_EXPIRES_AT: new_expiry})
+    flow_id = tag(endpoint.tags, TAG_FLOW_ID)
+    if flow_id:
+        flows.record(storage.container(FLOWS_CONTAINER), flow_id, "extended", endpoint=args.name,
+                     expires_at=new_expiry, detail={"ttl": args.ttl, "previous": tag(endpoint.tags, TAG_EXPIRES_AT)})
+    console.print(f"{args.name} now expires at {new_expiry} ({time_left(new_expiry)} left)")
+    return 0
+
+
+def time_left(expiry: str) -> str:
+    from shared.ttl import parse_expires_at, utcnow
+    moment = parse_expires_at(expiry)
+    if moment is None:
+        return "unknown" if expiry else ""
+    seconds = int((moment - utcnow()).total_seconds())
+    if seconds <= 0:
+        return "expired"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def cmd_prepare(args) -> int:
@@ -259,7 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(fn=cmd_submit)
     reap = sub.add_parser("reap", help="delete managed endpoints whose expires-at has passed")
     reap.add_argument("--dry-run", action="store_true", help="only print the decisions")
+    reap.add_argument("--inventory", metavar="FILE", help="with --dry-run: plan over this inventory "
+                                                          "(`tuneflow endpoints list --json`) instead of the live backend")
+    reap.add_argument("--now", metavar="ISO8601", help="decide as of this time (default: now)")
     reap.add_argument("--json", action="store_true")
+
+    endpoints = sub.add_parser("endpoints", help="the endpoints: list the inventory, extend a lease")
+    endpoints_sub = endpoints.add_subparsers(dest="endpoints_command", required=True)
+    ep_list = endpoints_sub.add_parser("list", help="every endpoint with its tags, state and deployments")
+    ep_list.add_argument("--json", action="store_true", help="the inventory as JSON (what reap --inventory reads)")
+    ep_list.set_defaults(fn=cmd_endpoints_list)
+    ep_extend = endpoints_sub.add_parser("extend", help="renew an endpoint's lease: expires-at = now + TTL")
+    ep_extend.add_argument("name")
+    ep_extend.add_argument("--ttl", required=True, help="30m, 8h, 7d, 2w or ISO 8601 (PT8H)")
+    ep_extend.set_defaults(fn=cmd_endpoints_extend)
     reap.set_defaults(fn=cmd_reap)
     prep = sub.add_parser("prepare", help="prepare local files exactly as data_arrival does; print the manifest")
     prep.add_argument("inputs", nargs="+", metavar="INPUT")

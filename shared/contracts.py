@@ -3,6 +3,7 @@
 DATASETS_CONTAINER = "datasets"
 PREPARED_CONTAINER = "prepared"
 FLOWS_CONTAINER = "flows"
+REAPER_CONTAINER = "reaper"  # the reaper's lock, first-seen times and audit records
 
 FINETUNE_QUEUE = "finetune-requests"
 DEPLOY_QUEUE = "deployments"

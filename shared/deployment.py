@@ -31,6 +31,27 @@ def handle_deploy(request: DeployRequest, backend: MLBackend, prepared, flow_log
     return endpoint
 
 
+def endpoint_ttl(dataset: str) -> str:
+    """TUNEFLOW_ENDPOINT_TTL, or the dataset's own from TUNEFLOW_ENDPOINT_TTL_BY_DATASET; checked here,
+    so a bad value fails the deploy with the setting's name instead of tagging garbage."""
+    from shared.ttl import InvalidTTL, parse_ttl
+    raw = settings.get("TUNEFLOW_ENDPOINT_TTL_BY_DATASET")
+    try:
+        by_dataset = json.loads(raw)
+        if not isinstance(by_dataset, dict):
+            raise ValueError
+    except ValueError:
+        raise settings.SettingError(f"TUNEFLOW_ENDPOINT_TTL_BY_DATASET={raw!r} is not a JSON object of dataset -> "
+                                    f"TTL, e.g. {{\"ultrachat-200k\": \"8h\"}}") from None
+    name, ttl = (("TUNEFLOW_ENDPOINT_TTL_BY_DATASET", by_dataset[dataset]) if dataset in by_dataset
+                 else ("TUNEFLOW_ENDPOINT_TTL", settings.get("TUNEFLOW_ENDPOINT_TTL")))
+    try:
+        parse_ttl(str(ttl))
+    except InvalidTTL as exc:
+        raise settings.SettingError(f"{name}: {exc}") from None
+    return str(ttl)
+
+
 def _ensure_endpoint(name: str, request: DeployRequest, backend: MLBackend) -> EndpointInfo:
     try:
         existing = backend.get_endpoint(name)
@@ -47,7 +68,7 @@ def _ensure_endpoint(name: str, request: DeployRequest, backend: MLBackend) -> E
     model = backend.get_model(request.model_name, request.model_version)
     tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: request.flow_id, TAG_DATASET: request.dataset,
             TAG_MODEL: f"{request.model_name}:{request.model_version}",
-            TAG_EXPIRES_AT: expires_at(utcnow(), settings.get("TUNEFLOW_ENDPOINT_TTL"))}
+            TAG_EXPIRES_AT: expires_at(utcnow(), endpoint_ttl(request.dataset))}
     try:
         return backend.deploy(name, model, tags)
     except AlreadyExists:  # a concurrent delivery created it first

@@ -14,13 +14,15 @@ from shared.ttl import utcnow
 # Stage -> position in the flow; a later position is further along.
 STAGES = {
     "refused": 1, "prepared": 1, "submitted": 2, "job-failed": 3, "registered": 3,
-    "deployed": 4, "smoke-tested": 5, "smoke-failed": 5, "reaped": 6,
+    "deployed": 4, "extended": 4, "smoke-tested": 5, "smoke-failed": 5, "reaped": 6,
 }
+REPEATABLE = ("extended",)  # a lease can be renewed many times: one record each
 _COLUMNS = ("dataset", "version", "job", "model", "endpoint", "expires_at")
 
 
-def record_name(flow_id: str, stage: str) -> str:
-    return f"{flow_id}/{STAGES[stage]}-{stage}.json"
+def record_name(flow_id: str, stage: str, at: str = "") -> str:
+    suffix = f"-{at.replace(':', '')}" if stage in REPEATABLE else ""
+    return f"{flow_id}/{STAGES[stage]}-{stage}{suffix}.json"
 
 
 def record(container_client, flow_id: str, stage: str, **fields) -> dict:
@@ -29,7 +31,7 @@ def record(container_client, flow_id: str, stage: str, **fields) -> dict:
     from shared.storage import put_json
     body = {"flow_id": flow_id, "stage": stage, "at": utcnow().isoformat(timespec="milliseconds"), **fields}
     try:
-        put_json(container_client, record_name(flow_id, stage), body, overwrite=False)
+        put_json(container_client, record_name(flow_id, stage, body["at"]), body, overwrite=False)
     except ResourceExistsError:
         pass
     return body

@@ -59,6 +59,11 @@ class FakeAzureML:
     registry_models: dict = field(default_factory=dict)  # name -> [spec dicts]
     registry_components: dict = field(default_factory=dict)  # name -> [spec dicts], oldest first
     reply: str = "Photosynthesis turns light into chemical energy."
+    clock: object = lambda: "2026-11-26T00:00:00.0000000+00:00"  # what the service stamps as creation time
+    created_at_in_properties: bool = True  # current azure-ai-ml: properties["createdAt"]; older: absent
+    endpoint_system_data: bool = True  # ARM's systemData on endpoints (the SDK's creation_context)
+    throttled_deletes: int = 0  # the next N DELETEs answer 429 with Retry-After
+    sticky_deletes: bool = False  # DELETE answers 200 but the endpoint stays (a service that lies)
     failing_deployments: int = 0  # the next N deployment PUTs are refused, as when the quota runs out
 
     def __post_init__(self):
@@ -242,6 +247,10 @@ class FakeAzureML:
 
     def _put_endpoint(self, name, data, **_):
         props = dict(data.get("properties") or {})
+        previous = (self.endpoints.get(name) or {}).get("properties", {}).get("properties", {})
+        props["properties"] = dict(props.get("properties") or {})
+        if self.created_at_in_properties:
+            props["properties"]["createdAt"] = previous.get("createdAt") or self.clock()
         props.update(provisioningState="Succeeded",
                      scoringUri=f"https://{name}.{LOCATION}.inference.ml.azure.com/score",
                      swaggerUri=f"https://{name}.{LOCATION}.inference.ml.azure.com/swagger.json")
@@ -249,11 +258,18 @@ class FakeAzureML:
                                 "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
                                 "tags": data.get("tags") or {}, "kind": "Managed",
                                 "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
-                                "properties": props, "systemData": SYSTEM_DATA}
+                                "properties": props}
+        if self.endpoint_system_data:
+            self.endpoints[name]["systemData"] = SYSTEM_DATA
         self.keys.setdefault(name, secrets.token_hex(16))
         return 200, self.endpoints[name]
 
     def _delete_endpoint(self, name, **_):
+        if self.throttled_deletes:
+            self.throttled_deletes -= 1
+            return 429, {"error": {"code": "TooManyRequests", "message": "Rate limit exceeded"}}
+        if self.sticky_deletes and name in self.endpoints:
+            return 200, None
         if name not in self.endpoints:
             return 204, None  # ARM: deleting what is not there succeeds with 204
         del self.endpoints[name]
@@ -338,6 +354,8 @@ class _Adapter(BaseAdapter):
         response.raw = io.BytesIO(data)
         response.headers["content-type"] = "application/json; charset=utf-8"
         response.headers["x-ms-request-id"] = secrets.token_hex(8)
+        if status == 429:
+            response.headers["Retry-After"] = "7"
         response.url, response.request, response.encoding = request.url, request, "utf-8"
         response.reason = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
                            404: "Not Found"}.get(status, "")

@@ -255,3 +255,96 @@ def test_explain_event_says_what_job_events_would_do(tmp_path):
     (tmp_path / "bad.json").write_text("{nope")
     bad = tuneflow("explain-event", str(tmp_path / "bad.json"))
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and "not JSON" in bad.stderr
+
+
+# -- the reaper's commands ----------------------------------------------------------------------
+
+INVENTORY = [
+    {"name": "tf-expired", "tags": {"managed-by": "tuneflow", "expires-at": "2026-11-26T11:00:00+01:00"},
+     "provisioning_state": "Succeeded", "created_at": "2026-11-26T06:00:00Z",
+     "deployments": [{"name": "demo", "instance_type": "Standard_NC24ads_A100_v4", "instance_count": 1,
+                      "provisioning_state": "Succeeded"}]},
+    {"name": "tf-fresh", "tags": {"Managed-By": "tuneflow", "Expires-At": "2026-11-26T20:00:00Z"},
+     "provisioning_state": "Succeeded", "created_at": "2026-11-26T06:00:00Z",
+     "deployments": [{"name": "demo", "instance_type": "x", "instance_count": 1, "provisioning_state": "Succeeded"}]},
+    {"name": "tf-garbage", "tags": {"managed-by": "tuneflow", "expires-at": "tomorrow"}, "provisioning_state": "Succeeded",
+     "created_at": "", "deployments": [{"name": "demo", "instance_type": "x", "instance_count": 1,
+                                        "provisioning_state": "Succeeded"}]},
+    {"name": "tf-empty", "tags": {"managed-by": "tuneflow", "expires-at": "2026-11-27T00:00:00Z"},
+     "provisioning_state": "Succeeded", "created_at": "2026-11-26T09:00:00Z", "deployments": []},
+    {"name": "someone-elses", "tags": {}, "provisioning_state": "Succeeded", "created_at": "", "deployments": []},
+]
+
+
+def test_reap_dry_run_over_an_inventory_with_a_frozen_now(tmp_path):
+    inv = tmp_path / "inventory.json"
+    inv.write_text(json.dumps(INVENTORY))
+    res = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--now", "2026-11-26T12:00:00Z", "--json")
+    assert res.returncode == 0, res.stderr
+    got = {d["endpoint"]: (d["action"], d["rule"]) for d in json.loads(res.stdout)}
+    assert got == {"tf-expired": ("delete", "expired"), "tf-fresh": ("keep", "not-expired"),
+                   "tf-garbage": ("flag", "bad-expiry"), "tf-empty": ("delete", "broken"),
+                   "someone-elses": ("keep", "not-managed")}
+    earlier = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--now", "2026-11-26T09:10:00+00:00", "--json")
+    assert {d["endpoint"]: d["rule"] for d in json.loads(earlier.stdout)}["tf-empty"] == "broken-grace"
+    table = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--now", "2026-11-26T12:00:00Z")
+    assert table.returncode == 0 and "dry run" in table.stdout and "tf-garbage" in table.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["reap", "--dry-run", "--inventory", "missing.json"], "does not exist"),
+    (["reap", "--inventory", "x.json"], "add --dry-run"),
+    (["reap", "--dry-run", "--inventory", "INV", "--now", "2026-11-26T12:00:00"], "not ISO 8601 with an offset"),
+    (["reap", "--dry-run", "--inventory", "NOTLIST"], "must be a JSON list"),
+])
+def test_reap_usage_errors_are_one_line(tmp_path, args, words):
+    (tmp_path / "inv.json").write_text(json.dumps(INVENTORY))
+    (tmp_path / "notlist.json").write_text("{}")
+    args = [str(tmp_path / "inv.json") if a == "INV" else str(tmp_path / "notlist.json") if a == "NOTLIST" else a
+            for a in args]
+    res = tuneflow(*args)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+
+
+def test_reap_dry_run_warns_when_the_breaker_would_trip(tmp_path):
+    many = [{**INVENTORY[0], "name": f"tf-old-{i}"} for i in range(12)]
+    (tmp_path / "inv.json").write_text(json.dumps(many))
+    res = tuneflow("reap", "--dry-run", "--inventory", str(tmp_path / "inv.json"), "--now", "2026-11-26T12:00:00Z",
+                   "--json")
+    assert res.returncode == 0 and "circuit breaker" in res.stderr
+    assert {d["rule"] for d in json.loads(res.stdout)} == {"circuit-breaker"}
+
+
+@pytest.mark.integration
+def test_endpoints_list_and_extend_on_the_local_backend(workspace, tmp_path):
+    from shared.ml.base import ModelRef
+    from tests.test_ml_contract import LocalDriver
+    driver = LocalDriver(workspace, tmp_path)
+    spec = driver.spec("ft-cli-0000aaaa")
+    workspace.submit(spec)
+    driver.finish(spec.name)
+    model = workspace.register_model("cli-model", "7", spec.name, {})
+    workspace.deploy("tf-cli-0000aaaa", ModelRef(model.name, model.version, model.tags),
+                     {"managed-by": "tuneflow", "flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403",
+                      "expires-at": "2026-01-01T00:00:00Z"})
+    res = tuneflow("endpoints", "list", "--json")
+    assert res.returncode == 0, res.stderr
+    [item] = json.loads(res.stdout)
+    assert item["name"] == "tf-cli-0000aaaa" and item["deployments"][0]["name"] == "demo"
+    assert set(item) == {"name", "tags", "provisioning_state", "created_at", "deployments"}
+    assert set(item["deployments"][0]) == {"name", "instance_type", "instance_count", "provisioning_state"}
+    inv = tmp_path / "inventory.json"
+    inv.write_text(res.stdout)
+    plan = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--json")
+    assert json.loads(plan.stdout)[0]["action"] == "delete"  # expired in January
+
+    res = tuneflow("endpoints", "extend", "tf-cli-0000aaaa", "--ttl", "4h")
+    assert res.returncode == 0, res.stderr
+    expiry = workspace.get_endpoint("tf-cli-0000aaaa").tags["expires-at"]
+    assert expiry > "2026-01-01T00:00:00Z" and "left" in res.stdout
+    assert json.loads(tuneflow("reap", "--dry-run", "--json").stdout)[0]["action"] == "keep"
+    for ttl, words in (("0", "not understood"), ("0h", "longer than zero"), ("PT0S", "longer than zero")):
+        bad = tuneflow("endpoints", "extend", "tf-cli-0000aaaa", "--ttl", ttl)
+        assert bad.returncode == 1 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    from shared import storage
+    assert [b.name for b in storage.container("flows").list_blobs() if "-extended-" in b.name]

@@ -1,36 +1,247 @@
-from datetime import datetime, timezone
+"""The reaper with a frozen clock: rules, safety gate, grace period, confirm-and-retry, audit.
+
+Deletes are exercised on both backends' real code: the Azure backend over the HTTP edge
+(tests/azure_fake.py throttles, or accepts a delete and leaves the endpoint), the local one in
+test_e2e_flow.py (the demo's endpoint is reaped)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.ml.base import EndpointInfo
-from shared.reaper import decide
+from shared.ml.base import DeploymentInfo, EndpointInfo
+from shared.reaper import ReaperPolicy, circuit_breaker, decide, delete_confirmed, plan, reap
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 MANAGED = {"managed-by": "tuneflow"}
+DEMO = (DeploymentInfo("demo", "Standard_NC24ads_A100_v4", 1, "Succeeded"),)
+POLICY = ReaperPolicy(grace=timedelta(minutes=30), max_deletes=10, max_delete_share=0.5,
+                      prices={"standard_nc24ads_a100_v4": 3.67})
 
 
-def ep(tags, state="Succeeded"):
-    return EndpointInfo(name="tf-x", tags=tags, provisioning_state=state)
+def ep(tags, state="Succeeded", deployments=DEMO, created_at="2026-11-25T08:00:00Z", name="tf-x"):
+    return EndpointInfo(name=name, tags=tags, provisioning_state=state, created_at=created_at, deployments=deployments)
 
 
-@pytest.mark.parametrize("tags, state, action, rule", [
-    ({**MANAGED, "expires-at": "2026-11-25T11:59:59Z"}, "Succeeded", "delete", "expired"),
-    ({**MANAGED, "expires-at": "2026-11-25T12:00:00Z"}, "Succeeded", "delete", "expired"),
-    ({**MANAGED, "expires-at": "2026-11-25T13:00:00+02:00"}, "Succeeded", "delete", "expired"),  # 11:00 UTC
-    ({**MANAGED, "expires-at": "2026-11-25T12:00:01Z"}, "Succeeded", "keep", "not-expired"),
-    ({**MANAGED, "expires-at": "2026-11-25T11:00:00Z"}, "Failed", "delete", "expired"),
-    ({**MANAGED, "Expires-At": "2026-11-25T11:00:00Z"}, "Succeeded", "delete", "expired"),
-    ({**MANAGED, "expires-at": "2026-11-25T11:00:00Z", "do-not-delete": "true"}, "Succeeded", "keep", "do-not-delete"),
-    ({**MANAGED, "expires-at": "2026-11-25T11:00:00Z", "do-not-delete": "True"}, "Succeeded", "keep", "do-not-delete"),
-    ({**MANAGED, "expires-at": "2026-11-25T11:00:00Z"}, "Creating", "keep", "in-transition"),
-    ({**MANAGED, "expires-at": "2026-11-25T11:00:00Z"}, "Deleting", "keep", "in-transition"),
-    ({**MANAGED, "expires-at": "2026-11-25T11:00:00"}, "Succeeded", "flag", "bad-expiry"),   # no offset
-    ({**MANAGED, "expires-at": "soon"}, "Succeeded", "flag", "bad-expiry"),
-    ({**MANAGED, "expires-at": ""}, "Succeeded", "flag", "bad-expiry"),
+def expiring(value):
+    return {**MANAGED, "expires-at": value}
+
+
+RULES = [
+    # offsets and time zones: all compared in UTC
+    (expiring("2026-11-25T11:59:59Z"), "Succeeded", "delete", "expired"),
+    (expiring("2026-11-25T12:00:00Z"), "Succeeded", "delete", "expired"),  # the instant itself
+    (expiring("2026-11-25T12:00:00.000001Z"), "Succeeded", "keep", "not-expired"),
+    (expiring("2026-11-25T13:00:00+02:00"), "Succeeded", "delete", "expired"),  # 11:00 UTC
+    (expiring("2026-11-25T07:30:00-05:00"), "Succeeded", "keep", "not-expired"),  # 12:30 UTC
+    (expiring("2026-11-25T17:29:00+05:30"), "Succeeded", "delete", "expired"),  # 11:59 UTC
+    (expiring("2026-11-25t11:00:00z"), "Succeeded", "delete", "expired"),  # lower-case designators
+    # the past and the far future
+    (expiring("1970-01-01T00:00:00Z"), "Succeeded", "delete", "expired"),
+    (expiring("9999-12-31T23:59:59Z"), "Succeeded", "keep", "not-expired"),
+    # garbage is never a reason to delete
+    (expiring("2026-11-25T11:00:00"), "Succeeded", "flag", "bad-expiry"),  # no offset: ambiguous local time
+    (expiring("soon"), "Succeeded", "flag", "bad-expiry"),
+    (expiring(""), "Succeeded", "flag", "bad-expiry"),
+    (expiring("0"), "Succeeded", "flag", "bad-expiry"),  # "0" does not mean "now" (or "everything")
+    (expiring("2026-02-30T00:00:00Z"), "Succeeded", "flag", "bad-expiry"),  # no such day
+    (expiring("2026-11-25T25:00:00Z"), "Succeeded", "flag", "bad-expiry"),
+    (expiring("1764072000"), "Succeeded", "flag", "bad-expiry"),  # epoch seconds are not ISO 8601
     (MANAGED, "Succeeded", "flag", "bad-expiry"),
+    # tag-key and value case variants
+    ({"Managed-By": "TuneFlow", "EXPIRES-AT": "2026-11-25T11:00:00Z"}, "Succeeded", "delete", "expired"),
+    ({**expiring("2026-11-25T11:00:00Z"), "Do-Not-Delete": "TRUE"}, "Succeeded", "keep", "do-not-delete"),
+    ({**expiring("2026-11-25T11:00:00Z"), "do-not-delete": "false"}, "Succeeded", "delete", "expired"),
     ({"expires-at": "2020-01-01T00:00:00Z"}, "Succeeded", "keep", "not-managed"),
     ({"managed-by": "someone-else", "expires-at": "2020-01-01T00:00:00Z"}, "Succeeded", "keep", "not-managed"),
-])
-def test_reaper_rules(tags, state, action, rule):
-    d = decide(ep(tags, state), NOW)
+    # each state
+    (expiring("2026-11-25T11:00:00Z"), "Creating", "keep", "in-transition"),
+    (expiring("2026-11-25T11:00:00Z"), "Updating", "keep", "in-transition"),
+    (expiring("2026-11-25T11:00:00Z"), "Deleting", "keep", "in-transition"),
+    (expiring("2026-11-25T11:00:00Z"), "Failed", "delete", "expired"),
+    (expiring("2026-11-25T13:00:00Z"), "Failed", "delete", "broken"),  # failed for 4 h: past the grace
+    (expiring("2026-11-25T11:00:00Z"), "Canceled", "delete", "expired"),
+]
+
+
+@pytest.mark.parametrize("tags, state, action, rule", RULES)
+def test_rules(tags, state, action, rule):
+    d = decide(ep(tags, state), NOW, POLICY)
     assert (d.action, d.rule) == (action, rule), d.reason
+
+
+@pytest.mark.parametrize("zone, local_expiry, expired", [
+    # DST: the offset written in the tag is what counts, whichever side of the change it is on
+    ("Europe/Prague", datetime(2026, 3, 29, 1, 59), True),  # CET (+01:00), just before the spring change
+    ("Europe/Prague", datetime(2026, 3, 29, 3, 30), True),  # CEST (+02:00) after it
+    ("America/New_York", datetime(2026, 11, 1, 1, 30), True),  # the repeated hour, first pass (-04:00)
+    ("Australia/Lord_Howe", datetime(2026, 10, 4, 2, 45), True),  # a half-hour DST shift
+])
+def test_dst_changes_are_read_from_the_offset(zone, local_expiry, expired):
+    from zoneinfo import ZoneInfo
+    moment = local_expiry.replace(tzinfo=ZoneInfo(zone))
+    now = moment.astimezone(timezone.utc) + timedelta(seconds=1)
+    d = decide(ep(expiring(moment.isoformat())), now, POLICY)
+    assert (d.action == "delete") is expired, d.reason
+    assert decide(ep(expiring(moment.isoformat())), now - timedelta(seconds=2), POLICY).action == "keep"
+
+
+def test_leap_day():
+    tags = expiring("2028-02-29T23:59:59Z")
+    assert decide(ep(tags), datetime(2028, 2, 29, 23, 59, 58, tzinfo=timezone.utc), POLICY).action == "keep"
+    assert decide(ep(tags), datetime(2028, 3, 1, tzinfo=timezone.utc), POLICY).action == "delete"
+    assert decide(ep(expiring("2027-02-29T00:00:00Z")), NOW, POLICY).rule == "bad-expiry"  # not a leap year
+
+
+@pytest.mark.parametrize("deployments, created, first_seen, action, rule", [
+    ((), "2026-11-25T11:00:00Z", None, "delete", "broken"),  # no deployment for an hour
+    ((), "2026-11-25T11:45:00Z", None, "keep", "broken-grace"),  # 15 min: still in grace
+    ((DeploymentInfo("demo", "x", 1, "Failed"),), "2026-11-25T11:29:59Z", None, "delete", "broken"),
+    ((DeploymentInfo("demo", "x", 1, "Failed"),), "2026-11-25T11:30:01Z", None, "keep", "broken-grace"),
+    ((), "", None, "keep", "broken-grace"),  # age unknown: its clock starts now
+    ((), "", {"tf-x": "2026-11-25T11:00:00Z"}, "delete", "broken"),  # first seen an hour ago
+    ((), "garbage", {"tf-x": "2026-11-25T11:50:00Z"}, "keep", "broken-grace"),
+])
+def test_grace_period_for_endpoints_without_a_working_deployment(deployments, created, first_seen, action, rule):
+    d = decide(ep(expiring("2026-11-26T00:00:00Z"), deployments=deployments, created_at=created), NOW, POLICY,
+               first_seen)
+    assert (d.action, d.rule) == (action, rule), d.reason
+
+
+def _expired(n, prefix="tf-old"):
+    return [ep(expiring("2026-11-25T11:00:00Z"), name=f"{prefix}-{i}") for i in range(n)]
+
+
+def _fresh(n):
+    return [ep(expiring("2026-11-26T11:00:00Z"), name=f"tf-new-{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("expired, fresh, unmanaged, trips", [
+    (10, 0, 0, True),  # 10 is within the count limit, but it is 100 % of the managed ones
+    (10, 10, 0, False),  # 10 of 20: within both limits
+    (11, 100, 0, True),  # more than 10
+    (3, 2, 0, True),  # 60 % of the managed ones
+    (3, 3, 0, False),  # 50 %: not more than the limit
+    (2, 0, 0, False),  # 2 of 2: below the share floor (one run's normal work)
+    (1, 0, 50, False),  # unmanaged endpoints do not count
+    (3, 1, 50, True),
+])
+def test_circuit_breaker(expired, fresh, unmanaged, trips):
+    others = [ep({"owner": "someone"}, name=f"theirs-{i}") for i in range(unmanaged)]
+    decisions, alert = plan(_expired(expired) + _fresh(fresh) + others, NOW, POLICY)
+    assert bool(alert) is trips
+    actions = {d.action for d in decisions if d.endpoint.startswith("tf-old")}
+    assert actions == ({"flag"} if trips else {"delete"})
+    if trips:
+        assert all(d.rule == "circuit-breaker" and "not deleted" in d.reason
+                   for d in decisions if d.endpoint.startswith("tf-old"))
+
+
+def test_circuit_breaker_keeps_the_other_decisions():
+    decisions, alert = circuit_breaker(plan(_expired(12) + _fresh(2), NOW, POLICY)[0], POLICY)
+    assert {d.endpoint: d.action for d in decisions if d.endpoint.startswith("tf-new")} == {"tf-new-0": "keep", "tf-new-1": "keep"}
+
+
+def test_planning_is_pure_and_reports_time_left():
+    d = decide(ep(expiring("2026-11-25T14:30:00+00:00")), NOW, POLICY)
+    assert d.seconds_left == 9000 and d.expires_at == "2026-11-25T14:30:00Z"
+
+
+# -- actions through the Azure backend's HTTP edge ------------------------------------------------
+
+def azure(**fake_behaviour):
+    from tests.test_ml_contract import AzureDriver
+    d = AzureDriver()
+    d.backend._kwargs = lambda: {"transport": d.fake.transport(), "retry_total": 0}  # our retries, not azure-core's
+    for key, value in fake_behaviour.items():
+        setattr(d.fake, key, value)
+    return d
+
+
+def deploy(d, name, expiry="2026-11-25T11:00:00Z"):
+    from shared.ml.base import ModelRef
+    d.backend.deploy(name, ModelRef("m", "1"), {**MANAGED, "flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403",
+                                                "expires-at": expiry})
+
+
+class Sleeps(list):
+    def __call__(self, seconds):
+        self.append(seconds)
+
+
+def test_a_throttled_delete_is_retried_with_back_off_and_confirmed():
+    d = azure(throttled_deletes=2)
+    deploy(d, "tf-throttled")
+    sleeps = Sleeps()
+    outcome, attempts = delete_confirmed(d.backend, "tf-throttled", POLICY, sleeps)
+    assert (outcome, attempts) == ("confirmed", 3) and sleeps[:2] == [7.0, 7.0]  # Retry-After honoured
+    assert "tf-throttled" not in d.fake.endpoints
+
+
+def test_a_delete_that_reports_success_but_leaves_the_endpoint_is_not_confirmed():
+    d = azure(sticky_deletes=True)
+    deploy(d, "tf-sticky")
+    sleeps = Sleeps()
+    policy = ReaperPolicy(attempts=3, confirm_timeout_s=10)
+    assert delete_confirmed(d.backend, "tf-sticky", policy, sleeps) == ("unconfirmed", 3)
+    assert [m for m, p, _ in d.fake.calls if m == "DELETE"].count("DELETE") == 3  # retried, never assumed
+    assert sum(sleeps) >= 3 * 10  # each attempt polled for the whole confirm timeout
+
+
+def test_reap_run_audits_each_decision_with_cost_and_records_the_flow(storage_env):
+    from shared import storage
+    d = azure(clock=lambda: "2026-11-25T00:00:00.0000000+00:00")  # created 12 h before NOW
+    deploy(d, "tf-expired")
+    deploy(d, "tf-fresh", expiry="2026-11-26T11:00:00Z")
+    state, flow_log = storage.container("reaper"), storage.container("flows")
+    run = reap(d.backend, NOW, POLICY, flow_log=flow_log, state=state, sleep=Sleeps())
+    assert {x.endpoint: x.action for x in run.decisions} == {"tf-expired": "delete", "tf-fresh": "keep"}
+    assert run.outcomes == {"tf-expired": "confirmed"} and set(d.fake.endpoints) == {"tf-fresh"}
+    audit = [b.name for b in state.list_blobs(name_starts_with="audit/2026-11-25/")]
+    records = [json.loads(line) for line in state.download_blob(audit[0]).readall().splitlines()]
+    deleted = next(r for r in records if r["endpoint"] == "tf-expired")
+    assert deleted["rule"] == "expired" and deleted["outcome"] == "confirmed" and deleted["run_id"] == run.run_id
+    assert deleted["price_per_hour"] == 3.67 and deleted["cost_avoided_per_day"] == 88.08
+    assert deleted["instance_hours_used"] == 12.0  # one instance for 12 h
+    reaped = [b.name for b in flow_log.list_blobs() if b.name.endswith("-reaped.json")]
+    assert len(reaped) == 1
+
+
+def test_overlapping_runs_do_no_harm(storage_env):
+    from shared import storage
+    from shared.reaper import _acquire, _release
+    d = azure()
+    deploy(d, "tf-expired")
+    state = storage.container("reaper")
+    held = _acquire(state)
+    try:
+        run = reap(d.backend, NOW, POLICY, state=state, sleep=Sleeps())
+        assert run.skipped and run.decisions == [] and "tf-expired" in d.fake.endpoints
+    finally:
+        _release(held)
+    assert reap(d.backend, NOW, POLICY, state=state, sleep=Sleeps()).outcomes == {"tf-expired": "confirmed"}
+    again = reap(d.backend, NOW, POLICY, state=state, sleep=Sleeps())  # a late second run: nothing left to do
+    assert again.outcomes == {} and again.decisions == []
+
+
+def test_a_tripped_breaker_deletes_nothing(storage_env):
+    from shared import storage
+    d = azure()
+    for i in range(3):
+        deploy(d, f"tf-expired-{i}")
+    run = reap(d.backend, NOW, POLICY, state=storage.container("reaper"), sleep=Sleeps())
+    assert run.alert and run.outcomes == {} and len(d.fake.endpoints) == 3
+
+
+def test_created_at_comes_from_properties_then_system_data_and_may_be_absent():
+    d = azure(clock=lambda: "2026-11-25T09:00:00.0000000+00:00")
+    deploy(d, "tf-props")
+    assert d.backend.get_endpoint("tf-props").created_at.startswith("2026-11-25T09:00:00")
+    d = azure(created_at_in_properties=False)
+    deploy(d, "tf-system-data")
+    assert d.backend.get_endpoint("tf-system-data").created_at.startswith("2026-11-26T00:00:00")  # ARM systemData
+    d = azure(created_at_in_properties=False, endpoint_system_data=False)
+    deploy(d, "tf-unknown")
+    assert d.backend.get_endpoint("tf-unknown").created_at == ""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from shared import settings
 from shared.ml.base import (AlreadyExists, EndpointInfo, JobInfo, JobSpec, MLBackend, MLError, ModelRef,
-                            NotConfigured, NotFound)
+                            NotConfigured, NotFound, Throttled)
 
 __all__ = ["AlreadyExists", "EndpointInfo", "JobInfo", "JobSpec", "MLBackend", "MLError", "ModelRef",
-           "NotConfigured", "NotFound", "backend_kind", "base_model_name", "get_backend"]
+           "NotConfigured", "NotFound", "Throttled", "backend_kind", "base_model_name", "get_backend"]
 
 
 DEFAULT_BASE_MODELS = {"local": "phi-3-tiny", "azure": "Phi-4"}  # Azure: active, chat-completion fine-tuning

@@ -28,7 +28,7 @@ from shared import settings
 from shared.compute import SERVERLESS, FinetuneCompute, check_finetune, check_inference
 from shared.contracts import DEPLOYMENT_NAME
 from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError, ModelRef,
-                            NotConfigured, NotFound)
+                            NotConfigured, NotFound, Throttled)
 from shared.modelspec import ACTIVE_ALTERNATIVE, BaseModelUnusable, ModelFacts, preflight
 from shared import pipeline
 
@@ -87,6 +87,13 @@ def azure_errors(what: str):
     except HttpResponseError as exc:
         if exc.status_code == 404:
             raise NotFound(f"{what}: not found ({_first_line(exc)})") from None
+        if exc.status_code == 429:
+            headers = getattr(exc.response, "headers", None) or {}
+            try:
+                retry_after = float(headers.get("Retry-After", 0))
+            except ValueError:
+                retry_after = 0.0
+            raise Throttled(f"{what}: throttled by Azure ({_first_line(exc)})", retry_after) from None
         raise MLError(f"{what}: Azure ML answered {exc.status_code} ({_first_line(exc)})") from None
 
 
@@ -323,17 +330,33 @@ class AzureWorkspace:
         with azure_errors("listing endpoints"):
             return [self._endpoint_info(e) for e in self.ws.online_endpoints.list()]
 
-    @staticmethod
-    def _endpoint_info(endpoint) -> EndpointInfo:
-        created = getattr(endpoint, "creation_context", None)
-        created_at = created.created_at if created is not None and created.created_at else ""
-        traffic = endpoint.traffic or {}
+    def set_endpoint_tags(self, name: str, tags: dict) -> EndpointInfo:
+        online = self._online_endpoint(name)
+        if online is None:
+            raise NotFound(f"endpoint {name}: not found")
+        online.tags = dict(tags)
+        with azure_errors(f"tagging endpoint {name}"):
+            self.ws.online_endpoints.begin_create_or_update(online).result()
+        return self.get_endpoint(name)
+
+    def _endpoint_info(self, endpoint) -> EndpointInfo:
+        """Creation time from `properties["createdAt"]` (current azure-ai-ml), else the system data, else
+        unknown; deployments with their size and state (what the reaper and its cost report need)."""
+        created_at = (endpoint.properties or {}).get("createdAt") or ""
+        context = getattr(endpoint, "creation_context", None)
+        if not created_at and context is not None and getattr(context, "created_at", None):
+            created_at = context.created_at
+        if hasattr(created_at, "isoformat"):
+            created_at = created_at.isoformat()
+        with azure_errors(f"deployments of endpoint {endpoint.name}"):
+            deployments = tuple(
+                DeploymentInfo(name=d.name, instance_type=str(d.instance_type or ""), instance_count=int(d.instance_count or 0),
+                               provisioning_state=_text(d.provisioning_state))
+                for d in self.ws.online_deployments.list(endpoint_name=endpoint.name)
+                if (endpoint.traffic or {}).get(d.name))
         return EndpointInfo(name=endpoint.name, tags=dict(endpoint.tags or {}),
-                            provisioning_state=_text(endpoint.provisioning_state),
-                            created_at=created_at.isoformat() if hasattr(created_at, "isoformat") else str(created_at),
-                            scoring_uri=endpoint.scoring_uri or "",
-                            deployments=tuple(DeploymentInfo(name=d, instance_type="", instance_count=0,
-                                                             provisioning_state="") for d in traffic))
+                            provisioning_state=_text(endpoint.provisioning_state), created_at=str(created_at),
+                            scoring_uri=endpoint.scoring_uri or "", deployments=deployments)
 
     def invoke(self, endpoint: str, body: dict) -> object:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:

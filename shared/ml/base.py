@@ -28,6 +28,14 @@ class NotConfigured(MLError):
     pass
 
 
+class Throttled(MLError):
+    """The service asked us to slow down; `retry_after` is its hint in seconds (0: none given)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class JobSpec:
     name: str
@@ -85,3 +93,4 @@ class MLBackend(Protocol):
     def invoke(self, endpoint: str, body: dict) -> object: ...
     def list_endpoints(self) -> list[EndpointInfo]: ...
     def delete_endpoint(self, name: str) -> None: ...
+    def set_endpoint_tags(self, name: str, tags: dict) -> EndpointInfo: ...

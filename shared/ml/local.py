@@ -258,6 +258,16 @@ class LocalWorkspace:
         return EndpointInfo(name=name, tags=record["tags"], provisioning_state=state,
                             created_at=record["created_at"], scoring_uri=uri, deployments=(deployment,))
 
+    def set_endpoint_tags(self, name: str, tags: dict) -> EndpointInfo:
+        ep_dir = self.endpoints / name
+        with self._lock("endpoints"):
+            record = read_json(ep_dir / "endpoint.json")
+            if record is None:
+                raise NotFound(f"endpoint {name} not found")
+            record["tags"] = dict(tags)
+            write_json_atomic(ep_dir / "endpoint.json", record)
+        return self.get_endpoint(name)
+
     def list_endpoints(self) -> list[EndpointInfo]:
         out = []
         for ep_dir in sorted(self.endpoints.iterdir()):
