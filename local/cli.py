@@ -229,6 +229,30 @@ def _read_inventory(path: Path):
     return out
 
 
+def cmd_dead_letters(args) -> int:
+    """What failed for good and why; requeue once the cause is fixed."""
+    from shared import deadletters
+    if args.action == "requeue":
+        if not args.id:
+            raise UsageError("give the message id: `tuneflow dead-letters list` shows them")
+        letter = deadletters.requeue(args.id)
+        console.print(f"requeued {letter.id} to {letter.source}")
+        return 0
+    letters = [deadletters.find(args.id)] if args.action == "show" and args.id else deadletters.list_all()
+    if args.action == "show" and not args.id:
+        raise UsageError("give the message id: `tuneflow dead-letters list` shows them")
+    if args.json or args.action == "show":
+        print(json.dumps([x.as_dict() for x in letters] if args.action == "list" else letters[0].as_dict(), indent=2))
+        return 0
+    table = Table(title="dead letters")
+    for col in ("queue", "id", "function", "deliveries", "failed at", "reason"):
+        table.add_column(col)
+    for x in letters:
+        table.add_row(x.source, x.id, x.function, str(x.deliveries), x.failed_at, x.reason[:120])
+    console.print(table)
+    return 0
+
+
 def cmd_endpoints_list(args) -> int:
     from shared.ml import get_backend
     endpoints = get_backend().list_endpoints()
@@ -370,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(`tuneflow endpoints list --json`) instead of the live backend")
     reap.add_argument("--now", metavar="ISO8601", help="decide as of this time (default: now)")
     reap.add_argument("--json", action="store_true")
+
+    dead = sub.add_parser("dead-letters", help="messages the app gave up on: list, show, requeue")
+    dead.add_argument("action", choices=["list", "show", "requeue"])
+    dead.add_argument("id", nargs="?", help="the message id (show, requeue)")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(fn=cmd_dead_letters)
 
     endpoints = sub.add_parser("endpoints", help="the endpoints: list the inventory, extend a lease")
     endpoints_sub = endpoints.add_subparsers(dest="endpoints_command", required=True)

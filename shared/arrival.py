@@ -22,15 +22,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared import flows, naming, storage
 from shared.contracts import DATASETS_CONTAINER, FLOWS_CONTAINER, PREPARED_CONTAINER
 from shared.dataset import DatasetRefused, PrepareOptions, prepare_to_dir, version_of
 from shared.outputs import OUTPUT_FILES
-from shared.messages import FinetuneRequest
 from shared.observability import bind_flow
 from shared.sources import SHARD_RE, Source
 from shared.ttl import format_utc, utcnow
+
+if TYPE_CHECKING:  # pydantic is imported when a message is built, not at worker start-up
+    from shared.messages import FinetuneRequest
 
 log = logging.getLogger("tuneflow.arrival")
 
@@ -187,6 +190,7 @@ def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepa
 
 
 def _request(dataset: str, version: str) -> FinetuneRequest:
+    from shared.messages import FinetuneRequest
     request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, {}), dataset=dataset, version=version)
     bind_flow(request.flow_id)
     return request

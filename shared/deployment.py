@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from shared import flows, naming, settings
 from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_EXPIRES_AT, TAG_FLOW_ID, TAG_MANAGED_BY,
                               TAG_MODEL)
-from shared.messages import DeployRequest
 from shared.ml.base import AlreadyExists, EndpointInfo, MLBackend, MLError, NotFound
 from shared.scoring import held_out_prompt, reply_text, request_body
 from shared.ttl import expires_at, utcnow
+
+if TYPE_CHECKING:  # pydantic stays out of the worker's start-up
+    from shared.messages import DeployRequest
 
 log = logging.getLogger("tuneflow.deploy")
 FIRST_ROW_LIMIT = 1024 * 1024

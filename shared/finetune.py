@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from shared import flows, naming, settings, storage
 from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID,
                               TAG_MANAGED_BY)
-from shared.messages import FinetuneRequest
 from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, JobInfo, JobSpec, MLBackend
+
+if TYPE_CHECKING:  # pydantic stays out of the worker's start-up
+    from shared.messages import FinetuneRequest
 
 log = logging.getLogger("tuneflow.submit")
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from shared import flows, naming
 from shared.contracts import TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY, MANAGED_BY_VALUE
 from shared.events import FAILED_STATES, Decision
-from shared.messages import DeployRequest
 from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, MLBackend, MLError, NotFound
+
+if TYPE_CHECKING:  # pydantic stays out of the worker's start-up
+    from shared.messages import DeployRequest
 
 log = logging.getLogger("tuneflow.job_events")
 
@@ -50,5 +53,6 @@ def handle_decision(decision: Decision, backend: MLBackend, flow_log) -> DeployR
         log.info("model %s version %s already registered: sending the deploy request again", name, model_version)
     flows.record(flow_log, flow_id, "registered", dataset=dataset, version=dataset_version, job=job.name,
                  model=f"{name}:{model_version}", detail={"metrics": job.metrics})
+    from shared.messages import DeployRequest
     return DeployRequest(flow_id=flow_id, dataset=dataset, version=dataset_version, job=job.name,
                          model_name=name, model_version=model_version)

@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import ROOT
 
-HEAVY = ["azure.ai.ml", "azure.servicebus", "polars", "yaml", "torch", "transformers", "mlflow", "datasets", "pyarrow", "peft"]
+HEAVY = ["azure.ai.ml", "azure.servicebus", "polars", "yaml", "pydantic", "torch", "transformers", "mlflow", "datasets", "pyarrow", "peft"]
 
 
 def _functions():
