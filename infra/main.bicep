@@ -25,6 +25,9 @@ param endpointTtl string = '2h'
 @description('Base model in the azureml registry (must support chat-completion fine-tuning).')
 param baseModel string = 'Phi-4'
 
+@description('E-mail for the reaper circuit-breaker alert; empty: the alert fires in Azure Monitor only.')
+param alertEmail string = ''
+
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
@@ -76,6 +79,7 @@ module monitoring 'app/monitoring.bicep' = {
     applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
     location: location
     tags: tags
+    alertEmail: alertEmail
   }
 }
 

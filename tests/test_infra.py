@@ -115,3 +115,27 @@ def test_checkov_finds_nothing_unexplained():
             if "checkov:skip=" in line:
                 reason = line.split("checkov:skip=", 1)[1].split(":", 1)
                 assert len(reason) == 2 and len(reason[1].strip()) > 15, f"{path.name}: a skip without its reason: {line}"
+
+
+def test_the_circuit_breaker_alert_matches_what_the_reaper_logs():
+    """The alert rule's query and the reaper's CRITICAL record must agree, or the alert never fires."""
+    import logging
+    from shared import reaper
+    bicep = (INFRA / "app" / "monitoring.bicep").read_text()
+    prefix = re.search(r'message startswith "([^"]+)"', bicep).group(1)
+    assert "severityLevel >= 4" in bicep  # Application Insights' Critical
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    reaper.log.addHandler(handler)
+    try:
+        from tests.test_reaper import NOW, azure, deploy
+        d = azure()
+        for i in range(3):
+            deploy(d, f"tf-expired-{i}")
+        run = reaper.reap(d.backend, NOW, reaper.ReaperPolicy(), dry_run=True)
+    finally:
+        reaper.log.removeHandler(handler)
+    assert run.alert
+    critical = [r for r in records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1 and critical[0].getMessage().startswith(prefix)
