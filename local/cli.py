@@ -238,11 +238,14 @@ def cmd_dead_letters(args) -> int:
         letter = deadletters.requeue(args.id)
         console.print(f"requeued {letter.id} to {letter.source}")
         return 0
-    letters = [deadletters.find(args.id)] if args.action == "show" and args.id else deadletters.list_all()
-    if args.action == "show" and not args.id:
-        raise UsageError("give the message id: `tuneflow dead-letters list` shows them")
-    if args.json or args.action == "show":
-        print(json.dumps([x.as_dict() for x in letters] if args.action == "list" else letters[0].as_dict(), indent=2))
+    if args.action == "show":
+        if not args.id:
+            raise UsageError("give the message id: `tuneflow dead-letters list` shows them")
+        print(json.dumps(deadletters.find(args.id).as_dict(), indent=2))
+        return 0
+    letters = deadletters.list_all()
+    if args.json:
+        print(json.dumps([x.as_dict() for x in letters], indent=2))
         return 0
     table = Table(title="dead letters")
     for col in ("queue", "id", "function", "deliveries", "failed at", "reason"):

@@ -38,14 +38,7 @@ def endpoint_ttl(dataset: str) -> str:
     """TUNEFLOW_ENDPOINT_TTL, or the dataset's own from TUNEFLOW_ENDPOINT_TTL_BY_DATASET; checked here,
     so a bad value fails the deploy with the setting's name instead of tagging garbage."""
     from shared.ttl import InvalidTTL, parse_ttl
-    raw = settings.get("TUNEFLOW_ENDPOINT_TTL_BY_DATASET")
-    try:
-        by_dataset = json.loads(raw)
-        if not isinstance(by_dataset, dict):
-            raise ValueError
-    except ValueError:
-        raise settings.SettingError(f"TUNEFLOW_ENDPOINT_TTL_BY_DATASET={raw!r} is not a JSON object of dataset -> "
-                                    f"TTL, e.g. {{\"ultrachat-200k\": \"8h\"}}") from None
+    by_dataset = settings.get_json_object("TUNEFLOW_ENDPOINT_TTL_BY_DATASET", '{"ultrachat-200k": "8h"}')
     name, ttl = (("TUNEFLOW_ENDPOINT_TTL_BY_DATASET", by_dataset[dataset]) if dataset in by_dataset
                  else ("TUNEFLOW_ENDPOINT_TTL", settings.get("TUNEFLOW_ENDPOINT_TTL")))
     try:

@@ -8,13 +8,13 @@ spec files and flags answer instead.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import naming, pipeline, settings
 from shared.compute import ComputeUnusable, check_finetune
 from shared.contracts import MANAGED_BY_VALUE, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY
+from shared.finetune import default_params
 from shared.modelspec import ModelFacts, preflight
 from shared.ttl import utcnow
 
@@ -84,8 +84,8 @@ def dry_run_job(inputs: DryRunInputs) -> tuple[dict, dict]:
     compute = check_finetune(facts, compute_name, size, "Succeeded", {size: gpus} if size else {}, "--compute-size")
     train, train_id = _data_input(inputs.train, "--train")
     test, test_id = _data_input(inputs.test, "--test")
-    overrides = json.loads(settings.get("TUNEFLOW_FINETUNE_PARAMS") or "{}")
-    params = pipeline.resolve(pipeline.component_inputs(component), facts.specific_defaults, overrides, inputs.params)
+    params = pipeline.resolve(pipeline.component_inputs(component), facts.specific_defaults, default_params(),
+                              inputs.params)
     version = hashlib.sha256(train_id + b"\0" + test_id).hexdigest()[:16]
     dataset = naming.slug(Path(inputs.train).parent.name or "dataset", 40) if "://" not in inputs.train else "dataset"
     tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: naming.flow_id(dataset, version, inputs.params),

@@ -5,7 +5,6 @@ A redelivered request computes the same job name and finds the job instead of cr
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -22,15 +21,7 @@ log = logging.getLogger("tuneflow.submit")
 
 
 def default_params() -> dict:
-    raw = settings.get("TUNEFLOW_FINETUNE_PARAMS")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise settings.SettingError(
-            f"TUNEFLOW_FINETUNE_PARAMS={raw!r} is not a JSON object; use e.g. {{\"num_train_epochs\": 1}}")
-    return value
+    return settings.get_json_object("TUNEFLOW_FINETUNE_PARAMS", '{"num_train_epochs": 1}')
 
 
 def job_spec(request: FinetuneRequest) -> JobSpec:

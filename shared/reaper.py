@@ -57,12 +57,14 @@ class ReaperPolicy:
 
     @classmethod
     def from_settings(cls) -> "ReaperPolicy":
-        raw = settings.get("TUNEFLOW_SKU_PRICES")
-        try:
-            prices = {str(k).lower(): float(v) for k, v in json.loads(raw).items()}
-        except (ValueError, AttributeError, TypeError):
-            raise settings.SettingError(f"TUNEFLOW_SKU_PRICES={raw!r} is not a JSON object of SKU -> price per "
-                                        f"hour, e.g. {{\"Standard_NC24ads_A100_v4\": 3.67}}") from None
+        example = '{"Standard_NC24ads_A100_v4": 3.67}'
+        prices = {}
+        for sku, price in settings.get_json_object("TUNEFLOW_SKU_PRICES", example).items():
+            try:
+                prices[str(sku).lower()] = float(price)
+            except (TypeError, ValueError):
+                raise settings.SettingError(f"TUNEFLOW_SKU_PRICES: the price of {sku!r} is {price!r}, not a number "
+                                            f"per instance-hour; use e.g. {example}") from None
         return cls(grace=parse_ttl(settings.get("TUNEFLOW_REAPER_GRACE")),
                    max_deletes=settings.get_int("TUNEFLOW_REAPER_MAX_DELETES", 0),
                    max_delete_share=settings.get_float("TUNEFLOW_REAPER_MAX_DELETE_SHARE", 0.0, 1.0),

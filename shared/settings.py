@@ -88,6 +88,18 @@ def get_int(name: str, low: int) -> int:
     return value
 
 
+def get_json_object(name: str, example: str) -> dict:
+    """A setting that holds a JSON object; `example` shows the accepted form in the error."""
+    raw = get(name)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise SettingError(f"{name}={raw!r} is not a JSON object; use e.g. {example}")
+    return value
+
+
 def get_bool(name: str) -> bool:
     raw = get(name).strip().lower()
     if raw not in ("true", "false", "1", "0", "yes", "no"):

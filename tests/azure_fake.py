@@ -120,10 +120,10 @@ class FakeAzureML:
         ws, reg = re.escape(WS_SCOPE), re.escape(REGISTRY_SCOPE)
         return [
             ("GET", r"/registrymanagement/v1\.0/registries/(?P<name>[^/]+)/discovery", self._discovery),
-            ("GET", reg + r"/models/(?P<name>[^/]+)/versions", self._registry_model_versions),
-            ("GET", reg + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._registry_model),
-            ("GET", reg + r"/components/(?P<name>[^/]+)/versions", self._registry_component_versions),
-            ("GET", reg + r"/components/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._registry_component),
+            ("GET", reg + r"/models/(?P<name>[^/]+)/versions", self._registry_latest("model")),
+            ("GET", reg + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._registry_version("model")),
+            ("GET", reg + r"/components/(?P<name>[^/]+)/versions", self._registry_latest("component")),
+            ("GET", reg + r"/components/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._registry_version("component")),
             ("GET", ws, self._workspace),
             ("GET", ws + r"/computes/(?P<name>[^/]+)", self._get("computes")),
             ("GET", rf"/subscriptions/{SUBSCRIPTION}/providers/Microsoft\.MachineLearningServices/locations/"
@@ -171,18 +171,6 @@ class FakeAzureML:
                                "properties": {k: _tag_string(v) for k, v in (spec.get("properties") or {}).items()},
                                "systemMetadata": spec.get("system_metadata") or {}, "flavors": {}}}
 
-    def _registry_model_versions(self, name, **_):
-        specs = self.registry_models.get(name)
-        if not specs:
-            return self._not_found("model", name)
-        return 200, {"value": [self._model_resource(specs[-1])]}
-
-    def _registry_model(self, name, version, **_):
-        for spec in self.registry_models.get(name, []):
-            if str(spec["version"]) == version:
-                return 200, self._model_resource(spec)
-        return self._not_found("model", f"{name}:{version}")
-
     def _component_resource(self, spec: dict) -> dict:
         name, version = spec["name"], str(spec["version"])
         return {"id": f"azureml://registries/azureml/components/{name}/versions/{version}", "name": version,
@@ -190,17 +178,27 @@ class FakeAzureML:
                 "properties": {"componentSpec": spec, "isAnonymous": False, "isArchived": False,
                                "description": spec.get("description"), "tags": {}, "properties": {}}}
 
-    def _registry_component_versions(self, name, **_):
-        specs = self.registry_components.get(name)
-        if not specs:
-            return self._not_found("component", name)
-        return 200, {"value": [self._component_resource(specs[-1])]}
+    def _registry_assets(self, kind: str):
+        """(versions by name, resource builder) of the registry's models or components."""
+        if kind == "model":
+            return self.registry_models, self._model_resource
+        return self.registry_components, self._component_resource
 
-    def _registry_component(self, name, version, **_):
-        for spec in self.registry_components.get(name, []):
-            if str(spec["version"]) == version:
-                return 200, self._component_resource(spec)
-        return self._not_found("component", f"{name}:{version}")
+    def _registry_latest(self, kind: str):
+        def fn(name, **_):  # the SDK asks for `$orderBy=createdtime desc&$top=1`
+            assets, resource = self._registry_assets(kind)
+            specs = assets.get(name)
+            return (200, {"value": [resource(specs[-1])]}) if specs else self._not_found(kind, name)
+        return fn
+
+    def _registry_version(self, kind: str):
+        def fn(name, version, **_):
+            assets, resource = self._registry_assets(kind)
+            for spec in assets.get(name, []):
+                if str(spec["version"]) == version:
+                    return 200, resource(spec)
+            return self._not_found(kind, f"{name}:{version}")
+        return fn
 
     # workspace
     def _workspace(self, **_):

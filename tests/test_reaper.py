@@ -245,3 +245,18 @@ def test_created_at_comes_from_properties_then_system_data_and_may_be_absent():
     d = azure(created_at_in_properties=False, endpoint_system_data=False)
     deploy(d, "tf-unknown")
     assert d.backend.get_endpoint("tf-unknown").created_at == ""
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("TUNEFLOW_SKU_PRICES", "[1, 2]", "TUNEFLOW_SKU_PRICES='[1, 2]' is not a JSON object"),
+    ("TUNEFLOW_SKU_PRICES", '{"Standard_NC6s_v3": "cheap"}', "the price of 'Standard_NC6s_v3' is 'cheap'"),
+    ("TUNEFLOW_ENDPOINT_TTL_BY_DATASET", "8h", "TUNEFLOW_ENDPOINT_TTL_BY_DATASET='8h' is not a JSON object"),
+    ("TUNEFLOW_ENDPOINT_TTL_BY_DATASET", '{"ds": "0"}', "TUNEFLOW_ENDPOINT_TTL_BY_DATASET: TTL '0'"),
+])
+def test_bad_json_settings_name_the_setting(monkeypatch, name, value, words):
+    from shared.deployment import endpoint_ttl
+    from shared.settings import SettingError
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingError) as exc:
+        ReaperPolicy.from_settings() if name == "TUNEFLOW_SKU_PRICES" else endpoint_ttl("ds")
+    assert words in str(exc.value) and "\n" not in str(exc.value)

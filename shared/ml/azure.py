@@ -306,10 +306,14 @@ class AzureWorkspace:
             self.ws.online_endpoints.begin_create_or_update(online).result()
         return self.get_endpoint(endpoint)
 
+    def _endpoint_entity(self, name: str):
+        """azure-ai-ml's endpoint; NotFound when there is none."""
+        with azure_errors(f"endpoint {name}"):
+            return self.ws.online_endpoints.get(name)
+
     def _online_endpoint(self, name: str):
         try:
-            with azure_errors(f"endpoint {name}"):
-                return self.ws.online_endpoints.get(name)
+            return self._endpoint_entity(name)
         except NotFound:
             return None
 
@@ -322,18 +326,14 @@ class AzureWorkspace:
             return False
 
     def get_endpoint(self, name: str) -> EndpointInfo:
-        with azure_errors(f"endpoint {name}"):
-            endpoint = self.ws.online_endpoints.get(name)
-        return self._endpoint_info(endpoint)
+        return self._endpoint_info(self._endpoint_entity(name))
 
     def list_endpoints(self) -> list[EndpointInfo]:
         with azure_errors("listing endpoints"):
             return [self._endpoint_info(e) for e in self.ws.online_endpoints.list()]
 
     def set_endpoint_tags(self, name: str, tags: dict) -> EndpointInfo:
-        online = self._online_endpoint(name)
-        if online is None:
-            raise NotFound(f"endpoint {name}: not found")
+        online = self._endpoint_entity(name)
         online.tags = dict(tags)
         with azure_errors(f"tagging endpoint {name}"):
             self.ws.online_endpoints.begin_create_or_update(online).result()
@@ -373,6 +373,6 @@ class AzureWorkspace:
             return answer
 
     def delete_endpoint(self, name: str) -> None:
-        self.get_endpoint(name)  # NotFound, as the local backend
+        self._endpoint_entity(name)  # NotFound, as the local backend (without listing its deployments)
         with azure_errors(f"deleting endpoint {name}"):
             self.ws.online_endpoints.begin_delete(name=name).result()
