@@ -59,7 +59,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     python = app_python()
-    variants = {"bare interpreter": (python, "pass"), "floor (azure.functions + blob binding)": (python, FLOOR),
+    variants = {"bare interpreter": (python, "pass"), "worker library alone (azure.functions)": (python, "import azure.functions"),
+                "floor (azure.functions + blob binding)": (python, FLOOR),
                 "function_app.py": (python, "import function_app"),
                 "naive (Azure libraries at the top)": (python, NAIVE),
                 "naive + local stack at the top (dev venv)": (sys.executable, LOCAL_NAIVE)}

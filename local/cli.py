@@ -14,11 +14,33 @@ import threading
 import traceback
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: rich takes ~80 ms to import, which commands that print
+    JSON (`prepare`, `--json` listings) need not pay."""
+
+    def __init__(self, **options):
+        self._options, self._console = options, None
+
+    def get(self):
+        """The rich Console itself (for rich's own widgets)."""
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name):
+        return getattr(self.get(), name)
+
+
+def Table(*args, **kwargs):  # noqa: N802  (rich's class, imported when a table is printed)
+    from rich.table import Table as RichTable
+    return RichTable(*args, **kwargs)
+
+
+console = _LazyConsole()
+err_console = _LazyConsole(stderr=True)
 
 
 class UsageError(Exception):
@@ -314,20 +336,23 @@ def time_left(expiry: str) -> str:
 def cmd_prepare(args) -> int:
     """Exactly the data_arrival function's preparation, on local files."""
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
-    from shared import naming
-    from shared.dataset import PrepareOptions, prepare_to_dir
     from shared.outputs import file_digest
-    from shared.sources import Source
     paths = [Path(p) for p in args.inputs]
     for p in paths:
         if not p.is_file():
             raise UsageError(f"{p} is not a file: give .parquet, .jsonl, .jsonl.gz or .json files")
-    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
-    sources = []
-    for p in paths:
-        digest = file_digest(p)
-        sources.append(Source(str(p.resolve().relative_to(root)), p, sha256=digest["sha256"], bytes=digest["bytes"]))
+    with ThreadPoolExecutor(1) as pool:  # the inputs are hashed (no GIL) while polars is imported
+        digests = [pool.submit(file_digest, p) for p in paths]
+        import polars  # noqa: F401  (preparation needs it: loaded here, beside the hashing)
+
+        from shared import naming
+        from shared.dataset import PrepareOptions, prepare_to_dir
+        from shared.sources import Source
+        root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+        sources = [Source(str(p.resolve().relative_to(root)), p, sha256=d.result()["sha256"], bytes=d.result()["bytes"])
+                   for p, d in zip(paths, digests)]
     overrides = {k: v for k, v in (("split_pc", args.split_pc), ("sample", args.sample),
                                    ("test_fraction", args.test_fraction), ("seed", args.seed)) if v is not None}
     options = PrepareOptions.from_settings(overrides)
@@ -339,14 +364,14 @@ def cmd_prepare(args) -> int:
 
 def cmd_ingest(args) -> int:
     from local.ingest import ingest
-    blobs = ingest(args.hf, args.dataset, args.split_pc, console)
+    blobs = ingest(args.hf, args.dataset, args.split_pc, console.get())
     console.print(f"uploaded {len(blobs)} files to datasets/{blobs[-1].split('/')[0]}/; follow it with `tuneflow status`")
     return 0
 
 
 def cmd_demo(args) -> int:
     from local.demo import run_demo
-    return run_demo(console, keep=args.keep)
+    return run_demo(console.get(), keep=args.keep)
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -1,30 +1,29 @@
 """Dataset preparation: ultrachat-shaped files in, clean train/test JSONL out, in bounded memory.
 
 Works on local files (the function spools blobs to temp files first), so the same code runs in
-the Function, in `tuneflow prepare` and in the tests. Two passes: the first reads only prompt_id
-(to find duplicates across the whole dataset); the second reads a chunk at a time (whole parquet
-row groups, or runs of normalized JSON rows), validates and splits it with one vectorized polars
-expression and writes it while the next chunk is read. JSON inputs are first streamed row by row
-into normalized JSON Lines (see `shared.sources`). Every rejected row is kept in `rejected.jsonl`
-with its location and reason.
+the Function, in `tuneflow prepare` and in the tests. Two streaming polars passes: the first reads
+only prompt_id (to find duplicates across the whole dataset); the second reads every row group
+once, validates and splits the rows with one vectorized expression and writes each output file
+through its own sink (see `shared.outputs`). JSON inputs are first streamed row by row into
+normalized JSON Lines (see `shared.sources`). Every rejected row is kept in `rejected.jsonl` with
+its location and reason.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from shared import naming
 from shared.contracts import DATASETS_CONTAINER
 from shared.outputs import PreparedOutputs
-from shared.parquet_footer import FooterError, row_group_sizes
+from shared.parquet_footer import FooterError, row_groups
 from shared.rows import polars_schema, reason_expr
 from shared.sources import Source, SourceRefused, check_parquet, count_json_rows, kind_of, normalize_json, split_of
 from shared.ttl import format_utc, utcnow
@@ -118,30 +117,48 @@ def _plan_splits(sources: list[Source]) -> tuple[dict[str, str], list[str]]:
     return {n: sp for n, sp in splits.items() if sp != "unused"}, unused
 
 
-CHUNK_ROWS = 5_000  # rows validated and written at once: bounds memory, keeps per-chunk overhead small
 COLUMNS = ("prompt", "prompt_id", "messages")
+# Duplicates are found by a 64-bit hash of prompt_id (a fraction of the memory of the strings); a
+# collision only sends two rows through the exact duplicate check at the end, so the seed is arbitrary.
+DUPLICATE_HASH_SEED = 2024
+
+
+# polars' streaming engine, set for a small instance (2 cores): the parquet reader prefetches one
+# row group and the engine runs one async thread, so reading cannot run far ahead of the JSON
+# writers. Peak memory at 200,000 rows drops from about 560 to 170 MB at the same speed
+# (bench/prepare_throughput.py). polars reads them when its first streaming query runs.
+POLARS_SETTINGS = {"POLARS_ROW_GROUP_PREFETCH_SIZE": "1", "POLARS_ASYNC_THREAD_COUNT": "1"}
+
+
+def _tune_polars() -> None:
+    """Apply POLARS_SETTINGS before the first query; a value the operator set wins."""
+    for name, value in POLARS_SETTINGS.items():
+        os.environ.setdefault(name, value)
 
 
 @dataclass
 class _Input:
-    """One source file as preparation reads it: its rows a chunk at a time, and their prompt_ids."""
+    """One source file as preparation reads it."""
     index: int
     src: Source
     split_by: str  # train, test, or hash (split by prompt_id)
     read: int  # rows taken from the file (after `first` sampling)
-    chunks: Callable[[], Iterator]  # DataFrames: prompt, prompt_id, messages, where, row
-    ids: object | None  # LazyFrame of the taken rows' prompt_id (None: no rows)
+    # LazyFrame of the taken rows (None: no rows): prompt, prompt_id, messages, where (JSON: the
+    # line or element; parquet: null, built from pos only for the rows that need it), src, pos
+    rows: object | None
+    where_prefix: str | None = None  # parquet: "<name>#row", followed by pos
 
 
 def prepare(sources: list[Source], out_dir: Path, options: PrepareOptions) -> dict:
     """Validate, sample and split `sources` into `out_dir`; return the manifest's data part.
 
-    Memory is bounded by one chunk (a row group, or a run of small ones) being validated while the
-    one before it is written, whatever the input's size: a first pass reads only prompt_id to find
-    duplicates; the second validates, splits and writes chunk by chunk.
+    Two streaming passes, so memory does not grow with the input: the first reads only prompt_id
+    to find duplicates; the second reads, validates, splits and writes every row in one polars
+    query with a sink per output file (see `shared.outputs`).
     Raises DatasetRefused when a file is unusable, nothing usable is left, or too many rows are rejected.
     """
     started = time.perf_counter()
+    _tune_polars()
     splits, unused = _plan_splits(sources)
     used = sorted((s for s in sources if s.name in splits), key=lambda s: s.name)
     if not used:
@@ -163,10 +180,9 @@ def prepare(sources: list[Source], out_dir: Path, options: PrepareOptions) -> di
                     raise SourceRefused(f"{src.name} has an unsupported type", "use .parquet, .jsonl, .jsonl.gz or .json")
             except SourceRefused as exc:
                 raise DatasetRefused(str(exc), exc.fix, where=src.name) from None
-        classify = _Classifier(_duplicated_ids(inputs), options)
-        for inp in inputs:
-            for chunk in inp.chunks():
-                outputs.write(classify(chunk, inp), inp.index)
+        live = [inp for inp in inputs if inp.rows is not None]
+        if live:
+            outputs.sink(_classified(live, _duplicated_ids(live), options), _where(live))
         files = outputs.finish()
     rows = {"read": sum(inp.read for inp in inputs), "train": files["train.jsonl"]["rows"],
             "test": files["test.jsonl"]["rows"], "rejected": sum(outputs.reasons.values()),
@@ -228,54 +244,47 @@ def _first_rows_per_source(used: list[Source], splits: dict[str, str], options: 
     return keep
 
 
-def _random_sample(lf, options: PrepareOptions):
-    """`sample=random`: a seeded selection by each row's location, the same in both passes."""
-    import polars as pl
+def _random_sample(lf, where, options: PrepareOptions):
+    """`sample=random`: a seeded selection by each row's location (`where`), the same in both passes."""
     if options.sample == "random" and options.split_pc < 100:
-        return lf.filter(unit_below(pl.col("where"), options.seed + 1, options.split_pc / 100))
+        return lf.filter(unit_below(where, options.seed + 1, options.split_pc / 100))
     return lf
+
+
+def _check_row_groups(src: Source) -> None:
+    """polars decodes a whole row group at once, so memory follows the largest one: refuse, with the
+    fix, a file that would not fit rather than let the instance run out of memory on every retry."""
+    from shared import settings
+    try:
+        groups = row_groups(src.path)
+    except FooterError as exc:
+        raise SourceRefused(f"{src.name} has an unreadable parquet footer ({exc})",
+                            "re-export the file (or upload it again: it may be truncated)") from None
+    limit_mb = settings.get_int("TUNEFLOW_MAX_ROW_GROUP_MB", 1)
+    biggest = max(groups, key=lambda g: g.bytes, default=None)
+    if biggest and biggest.bytes > limit_mb * 1_000_000:
+        raise SourceRefused(
+            f"{src.name} has a row group of {biggest.rows:,} rows ({biggest.bytes / 1e6:,.0f} MB uncompressed, "
+            f"limit {limit_mb} MB), and a row group is decoded whole",
+            "re-export it with smaller row groups (pyarrow or pandas: row_group_size=10_000), or raise "
+            "TUNEFLOW_MAX_ROW_GROUP_MB on an instance with more memory (peak is about 4x the largest row group)")
 
 
 def _parquet_input(index: int, src: Source, split_by: str, first: int | None, options: PrepareOptions) -> _Input:
     import polars as pl
     n, schema = check_parquet(src)
-    try:
-        groups = row_group_sizes(src.path)
-    except FooterError as exc:
-        raise SourceRefused(f"{src.name} has an unreadable parquet footer ({exc})",
-                            "re-export the file (or upload it again: it may be truncated)") from None
+    _check_row_groups(src)
     take = n if first is None else first
-    lf = pl.scan_parquet(src.path).select(COLUMNS)
+    lf = pl.scan_parquet(src.path).select(COLUMNS).head(take)
     if schema["messages"] != polars_schema()["messages"]:  # other field order or extra fields
         lf = lf.with_columns(pl.col("messages").list.eval(pl.struct(content=pl.element().struct.field("content"),
                                                                     role=pl.element().struct.field("role"))))
-    where = pl.format("{}#row{}", pl.lit(src.name), pl.col("row")).alias("where")
-
-    def chunks():
-        for offset, length in _chunk_plan(groups, take):
-            block = lf.slice(offset, length).collect()  # whole row groups: each is decoded once
-            for sub in range(0, block.height, CHUNK_ROWS):  # a huge row group is validated in slices
-                part = block.slice(sub, CHUNK_ROWS)
-                part = part.with_columns(pl.int_range(offset + sub, offset + sub + part.height,
-                                                      dtype=pl.Int64).alias("row")).with_columns(where)
-                yield _random_sample(part, options)
-
-    ids = _random_sample(pl.scan_parquet(src.path).select("prompt_id").head(take)
-                         .with_row_index("row").with_columns(where), options).select("prompt_id")
-    return _Input(index, src, split_by, take, chunks, ids if take else None)
-
-
-def _chunk_plan(groups: list[int], take: int) -> list[tuple[int, int]]:
-    """(offset, rows) reads covering the first `take` rows: whole row groups, small ones merged up to CHUNK_ROWS."""
-    plan, start, length = [], 0, 0
-    for rows in groups:
-        length += rows
-        if length >= CHUNK_ROWS:
-            plan.append((start, length))
-            start, length = start + length, 0
-    if length:
-        plan.append((start, length))
-    return [(s, min(n, take - s)) for s, n in plan if s < take]
+    lf = lf.with_row_index("pos").with_columns(pl.col("pos").cast(pl.Int64))
+    prefix = f"{src.name}#row"
+    lf = _random_sample(lf, pl.concat_str(pl.lit(prefix), pl.col("pos").cast(pl.String)), options)
+    lf = lf.select(*COLUMNS, pl.lit(None, dtype=pl.String).alias("where"), pl.lit(index, dtype=pl.UInt32).alias("src"),
+                   "pos")
+    return _Input(index, src, split_by, take, lf if take else None, prefix)
 
 
 def _json_schema():
@@ -285,56 +294,53 @@ def _json_schema():
 
 def _json_input(index: int, src: Source, split_by: str, first: int | None, options: PrepareOptions,
                 work: Path, outputs: PreparedOutputs) -> _Input:
-    """JSON rows are checked one by one while normalizing (see shared.sources), then read back a chunk at a time."""
+    """JSON rows are checked one by one while normalizing (see shared.sources), then read back by the query."""
     import polars as pl
     norm = work / f"normalized-{index}.jsonl"
     with open(norm, "wb") as out:
-        counts = normalize_json(src, out, outputs.rejected, options.max_row_bytes, first, CHUNK_ROWS)
+        counts = normalize_json(src, out, outputs.rejected, options.max_row_bytes, first)
     outputs.reasons.update(counts["rejected_by_reason"])
-    bounds = counts["chunk_offsets"] + [counts["bytes"]]
-
-    def chunks():
-        with open(norm, "rb") as f:
-            for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
-                f.seek(a)
-                part = pl.read_ndjson(io.BytesIO(f.read(b - a)), schema=_json_schema())
-                part = part.with_columns(pl.int_range(k * CHUNK_ROWS, k * CHUNK_ROWS + part.height,
-                                                      dtype=pl.Int64).alias("row"))
-                yield _random_sample(part, options)
-
-    ids = None
+    lf = None
     if counts["kept"]:
-        ids = _random_sample(pl.scan_ndjson(norm, schema=_json_schema()), options).select("prompt_id")
-    return _Input(index, src, split_by, counts["read"], chunks, ids)
+        lf = _random_sample(pl.scan_ndjson(norm, schema=_json_schema()), pl.col("where"), options)
+        lf = lf.with_row_index("pos").select(*COLUMNS, "where", pl.lit(index, dtype=pl.UInt32).alias("src"),
+                                             pl.col("pos").cast(pl.Int64))
+    return _Input(index, src, split_by, counts["read"], lf)
+
+
+def _where(inputs: list[_Input]):
+    """A row's source location: JSON rows carry theirs; a parquet row's is its file and row number.
+    (A when-chain, not `replace_strict`: that one is not streamed and would make polars hold the input.)"""
+    import polars as pl
+    located = None
+    for inp in (i for i in inputs if i.where_prefix):
+        here = pl.concat_str(pl.lit(inp.where_prefix), pl.col("pos").cast(pl.String))
+        located = (pl.when(pl.col("src") == inp.index) if located is None
+                   else located.when(pl.col("src") == inp.index)).then(here)
+    return pl.col("where") if located is None else pl.coalesce(pl.col("where"), located)
 
 
 def _duplicated_ids(inputs: list[_Input]):
-    """prompt_ids taken more than once across the whole dataset (first pass: this column only)."""
+    """Hashes of the prompt_ids taken more than once across the whole dataset (first pass: this column only)."""
     import polars as pl
-    frames = [inp.ids for inp in inputs if inp.ids is not None]
-    if not frames:
-        return pl.Series("prompt_id", [], dtype=pl.String)
-    return (pl.concat(frames).group_by("prompt_id").agg(pl.len()).filter(pl.col("len") > 1)
-            .collect()["prompt_id"])
+    hashes = pl.concat([inp.rows.select(pl.col("prompt_id").hash(DUPLICATE_HASH_SEED).alias("h")) for inp in inputs])
+    return hashes.group_by("h").agg(pl.len()).filter(pl.col("len") > 1).collect(engine="streaming")["h"]
 
 
-class _Classifier:
-    """Gives each row of a chunk its reason (null when good), split, and part: train, test,
-    rejected, or duplicate (a good row whose prompt_id occurs more than once: resolved at the end)."""
-
-    def __init__(self, duplicated_ids, options: PrepareOptions):
-        import polars as pl
-        self.reason = reason_expr(options.max_row_bytes).alias("reason")
-        self.to_test = unit_below(pl.col("prompt_id"), options.seed, options.test_fraction)
-        self.duplicated = pl.col("prompt_id").is_in(duplicated_ids.implode()) if len(duplicated_ids) else pl.lit(False)
-
-    def __call__(self, chunk, inp: _Input):
-        import polars as pl
-        split = (pl.when(self.to_test).then(pl.lit("test")).otherwise(pl.lit("train"))
-                 if inp.split_by == "hash" else pl.lit(inp.split_by))
-        part = (pl.when(pl.col("reason").is_not_null()).then(pl.lit("rejected"))
-                .when(self.duplicated).then(pl.lit("duplicate")).otherwise(pl.col("split")))
-        return chunk.with_columns(self.reason, split.alias("split")).with_columns(part.alias("part"))
+def _classified(inputs: list[_Input], duplicated, options: PrepareOptions):
+    """All taken rows, in input order, with their reason (null when good), split, and part: train,
+    test, rejected, or duplicate (a good row whose prompt_id may occur more than once: resolved at the end)."""
+    import polars as pl
+    to_test = unit_below(pl.col("prompt_id"), options.seed, options.test_fraction)
+    by_hash = pl.when(to_test).then(pl.lit("test")).otherwise(pl.lit("train"))
+    rows = pl.concat([inp.rows.with_columns((by_hash if inp.split_by == "hash" else pl.lit(inp.split_by)).alias("split"))
+                      for inp in inputs])
+    is_duplicated = (pl.col("prompt_id").hash(DUPLICATE_HASH_SEED).is_in(duplicated.implode()) if len(duplicated)
+                     else pl.lit(False))
+    part = (pl.when(pl.col("reason").is_not_null()).then(pl.lit("rejected"))
+            .when(is_duplicated).then(pl.lit("duplicate")).otherwise(pl.col("split")))
+    return (rows.with_columns(reason_expr(options.max_row_bytes).alias("reason"))
+            .with_columns(part.alias("part")))
 
 
 def _refuse_if_unusable(where: str, rows: dict, options: PrepareOptions) -> None:

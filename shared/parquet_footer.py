@@ -1,16 +1,17 @@
 """Row-group sizes of a parquet file, read from its footer (no pyarrow: it is not in the app's
 requirements, and importing it costs ~0.3 s and ~45 MB).
 
-Preparation reads parquet one row group (or a run of small ones) at a time; polars does not expose
-row-group boundaries, and slicing across them decodes a group more than once. The footer is a
-Thrift compact-protocol `FileMetaData`; this reads field 4 (`row_groups`) and, in each `RowGroup`,
-field 3 (`num_rows`), skipping everything else.
+polars' streaming reader decodes a parquet file one whole row group at a time, so preparation's
+memory follows the largest row group; polars does not expose them. The footer is a Thrift
+compact-protocol `FileMetaData`; this reads field 4 (`row_groups`) and, in each `RowGroup`,
+fields 2 (`total_byte_size`, uncompressed) and 3 (`num_rows`), skipping everything else.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 MAGIC = b"PAR1"
 # Compact-protocol type ids
@@ -21,8 +22,13 @@ class FooterError(ValueError):
     """The footer is missing, encrypted or malformed."""
 
 
-def row_group_sizes(path: Path) -> list[int]:
-    """Rows in each row group, in file order."""
+class RowGroup(NamedTuple):
+    rows: int
+    bytes: int  # uncompressed size of its column chunks
+
+
+def row_groups(path: Path) -> list[RowGroup]:
+    """Rows and uncompressed bytes of each row group, in file order."""
     with open(path, "rb") as f:
         f.seek(0, 2)
         size = f.tell()
@@ -123,27 +129,29 @@ class _Reader:
         else:
             self.skip(kind)
 
-    def file_metadata(self) -> list[int]:
+    def file_metadata(self) -> list[RowGroup]:
         sizes = None
         for fid, kind in self.fields():
             if fid == 4 and kind == _LIST:
                 count, elem = self.list_header()
                 if elem != _STRUCT:
                     raise FooterError("row_groups is not a list of structs")
-                sizes = [self.row_group_rows() for _ in range(count)]
+                sizes = [self.row_group() for _ in range(count)]
             else:
                 self.skip(kind)
         if sizes is None:
             raise FooterError("footer has no row groups field")
         return sizes
 
-    def row_group_rows(self) -> int:
-        rows = None
+    def row_group(self) -> RowGroup:
+        rows = size = None
         for fid, kind in self.fields():
-            if fid == 3 and kind == _I64:
+            if fid == 2 and kind == _I64:
+                size = self.zigzag()
+            elif fid == 3 and kind == _I64:
                 rows = self.zigzag()
             else:
                 self.skip(kind)
-        if rows is None or rows < 0:
-            raise FooterError("a row group has no row count")
-        return rows
+        if rows is None or rows < 0 or size is None or size < 0:
+            raise FooterError("a row group has no row count or size")
+        return RowGroup(rows, size)

@@ -43,6 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_SPLIT_SEED", "0", "Seed of the prompt_id-hash test split and of random sampling."),
     Setting("TUNEFLOW_MAX_REJECTED_SHARE", "0.05", "Refuse the whole dataset when more than this share of rows is rejected."),
     Setting("TUNEFLOW_MAX_ROW_BYTES", "262144", "Rows larger than this (bytes of JSON) are rejected."),
+    Setting("TUNEFLOW_MAX_ROW_GROUP_MB", "256", "Refuse parquet files with a row group larger than this (MB uncompressed): it is decoded whole, and peak memory is about four times the largest row group."),
     Setting("TUNEFLOW_FINETUNE_PARAMS", "{}", "JSON object of default fine-tune parameters, overridden per request."),
     Setting("TUNEFLOW_AZURE_SUBSCRIPTION_ID", "", "Azure backend: subscription of the Azure ML workspace."),
     Setting("TUNEFLOW_AZURE_RESOURCE_GROUP", "", "Azure backend: resource group of the Azure ML workspace."),

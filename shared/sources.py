@@ -112,12 +112,10 @@ def _lines(f, limit: int):
         yield lineno, raw
 
 
-def normalize_json(src: Source, out, rejected, max_row_bytes: int, first_rows: int | None = None,
-                   chunk_rows: int = 10_000) -> dict:
+def normalize_json(src: Source, out, rejected, max_row_bytes: int, first_rows: int | None = None) -> dict:
     """Stream a JSON-family file into normalized JSONL (`out`, binary) and rejections
-    (`rejected.write_line(bytes)`); return counts, the rejections by reason, and the byte offset where each run of
-    `chunk_rows` kept rows starts in `out` (so it can be read back a chunk at a time)."""
-    counts = {"read": 0, "kept": 0, "rejected_by_reason": Counter(), "chunk_offsets": [], "bytes": 0}
+    (`rejected.write_line(bytes)`); return the rows read and kept, and the rejections by reason."""
+    counts = {"read": 0, "kept": 0, "rejected_by_reason": Counter()}
     for where, row, size in _json_rows(src, max_row_bytes):
         if first_rows is not None and counts["read"] >= first_rows:
             break
@@ -127,11 +125,7 @@ def normalize_json(src: Source, out, rejected, max_row_bytes: int, first_rows: i
             rejected.write_line(json.dumps({"where": where, "reason": str(reason)}).encode() + b"\n")
             counts["rejected_by_reason"][str(reason)] += 1
             continue
-        if counts["kept"] % chunk_rows == 0:
-            counts["chunk_offsets"].append(counts["bytes"])
-        line = json.dumps({**clean_row(row), "where": where}, ensure_ascii=False).encode() + b"\n"
-        out.write(line)
-        counts["bytes"] += len(line)
+        out.write(json.dumps({**clean_row(row), "where": where}, ensure_ascii=False).encode() + b"\n")
         counts["kept"] += 1
     return counts
 

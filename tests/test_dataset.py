@@ -191,6 +191,21 @@ def test_unusable_parquet_files_are_refused(tmp_path):
         assert exc.value.report["fix"] and exc.value.report["where"] == "d.parquet"
 
 
+def test_a_row_group_too_big_to_decode_is_refused_with_the_fix(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    table = pq.read_table(sampledata.write(tmp_path / "d.parquet", 2000, seed=2))  # about 4 MB uncompressed
+    one_group, small_groups = tmp_path / "one.parquet", tmp_path / "small.parquet"
+    pq.write_table(table, one_group)  # pyarrow's default: all 2,000 rows in one group
+    pq.write_table(table, small_groups, row_group_size=200)
+    assert run(tmp_path, {"one.parquet": one_group})["rows"]["read"] == 2000  # the default limit holds it
+    monkeypatch.setenv("TUNEFLOW_MAX_ROW_GROUP_MB", "1")
+    assert run(tmp_path, {"small.parquet": small_groups}, out="small")["rows"]["read"] == 2000
+    with pytest.raises(DatasetRefused) as exc:
+        run(tmp_path, {"one.parquet": one_group}, out="refused")
+    assert "row group of 2,000 rows" in str(exc.value) and "limit 1 MB" in str(exc.value)
+    assert "row_group_size" in exc.value.report["fix"] and exc.value.report["where"] == "one.parquet"
+
+
 @pytest.mark.parametrize("name, content, words", [
     ("empty.jsonl", b"", "no rows"),
     ("blank.jsonl", b"\n\n  \n", "no rows"),
@@ -222,21 +237,7 @@ def test_bad_options_are_refused(overrides, words):
         PrepareOptions().with_overrides(overrides)
 
 
-# -- chunked reading --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("groups, take, plan", [
-    ([1000] * 25, 25_000, [(0, 10_000), (10_000, 10_000), (20_000, 5_000)]),  # small groups merged
-    ([200_000], 200_000, [(0, 200_000)]),  # one big group: read once (validated in slices)
-    ([3000, 12_000, 4000], 19_000, [(0, 15_000), (15_000, 4000)]),
-    ([1000] * 25, 2500, [(0, 2500)]),  # split_pc first: only the leading rows
-    ([1000] * 25, 10_000, [(0, 10_000)]),
-    ([], 0, []),
-])
-def test_chunk_plan_reads_whole_row_groups(groups, take, plan, monkeypatch):
-    from shared import dataset
-    monkeypatch.setattr(dataset, "CHUNK_ROWS", 10_000)
-    assert dataset._chunk_plan(groups, take) == plan
-
+# -- against the obvious row-by-row way -----------------------------------------------------
 
 def reference(files: list[tuple[str, list]]) -> tuple[list[str], dict[str, str]]:
     """Row by row, the obvious way: good prompt_ids (first occurrence wins) and rejected location -> reason."""
@@ -255,16 +256,15 @@ def reference(files: list[tuple[str, list]]) -> tuple[list[str], dict[str, str]]
     return good, rejected
 
 
-def test_chunked_preparation_matches_the_row_by_row_reference(tmp_path, monkeypatch):
-    """Chunks of 7 rows over row groups of 5 and one of 40: duplicates across chunks and files (and
-    one whose first copy is invalid), rejected rows in several chunks; same result as any chunk size."""
+def _mixed_dataset(tmp_path):
+    """Row groups of 5 and of 40, and a JSON file: duplicates across row groups and files (one whose first
+    copy is invalid), rejected rows in several row groups."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from shared import dataset
     rows = list(sampledata.rows(90, seed=11))
     a = rows[:40]
     a[3] = {**a[3], "messages": [{"role": "user", "content": "no answer"}]}
-    a[17] = {**rows[2], "prompt": "again"}  # duplicate of row 2, a later chunk
+    a[17] = {**rows[2], "prompt": "again"}  # duplicate of row 2, a later row group
     a[30] = {**a[29]}  # duplicate in the next row
     a[33] = {**a[33], "messages": []}
     b = rows[40:80] + [rows[5], {**rows[3]}]  # rows[3] is invalid in a (a[3] was replaced): first good copy is here
@@ -275,13 +275,35 @@ def test_chunked_preparation_matches_the_row_by_row_reference(tmp_path, monkeypa
     pq.write_table(pa.Table.from_pylist(b, schema=schema), tmp_path / "b.parquet", row_group_size=40)
     (tmp_path / "c.jsonl").write_bytes(jsonl(c))
     files = {name: tmp_path / name for name in ("a.parquet", "b.parquet", "c.jsonl")}
+    return files, [("a.parquet", a), ("b.parquet", b), ("c.jsonl", c)]
+
+
+def test_preparation_matches_the_row_by_row_reference(tmp_path):
+    files, contents = _mixed_dataset(tmp_path)
     opts = PrepareOptions(test_fraction=0.3, max_rejected_share=0.2)
-    whole = run(tmp_path, files, opts, out="whole")
-    monkeypatch.setattr(dataset, "CHUNK_ROWS", 7)
-    chunked = run(tmp_path, files, opts, out="chunked")
-    good, rejected = reference([("a.parquet", a), ("b.parquet", b), ("c.jsonl", c)])
-    got = [r["prompt_id"] for split in ("train", "test") for r in lines(tmp_path / "chunked" / f"{split}.jsonl")]
+    m = run(tmp_path, files, opts)
+    good, rejected = reference(contents)
+    got = [r["prompt_id"] for split in ("train", "test") for r in lines(tmp_path / "out" / f"{split}.jsonl")]
     assert sorted(got) == sorted(good)
-    assert {r["where"]: r["reason"] for r in lines(tmp_path / "chunked" / "rejected.jsonl")} == rejected
-    assert chunked["files"] == whole["files"] and chunked["rows"] == whole["rows"]
-    assert chunked["rows"]["rejected_by_reason"]["duplicate-prompt-id"] == 4
+    assert {r["where"]: r["reason"] for r in lines(tmp_path / "out" / "rejected.jsonl")} == rejected
+    assert m["rows"]["rejected_by_reason"]["duplicate-prompt-id"] == 4
+    for name in ("train.jsonl", "test.jsonl", "rejected.jsonl"):
+        assert m["files"][name]["rows"] == len(lines(tmp_path / "out" / name))
+    again = run(tmp_path, files, opts, out="again")  # the same bytes every time: order is kept
+    assert again["files"] == m["files"] and again["rows"] == m["rows"]
+
+
+def test_a_prompt_id_hash_collision_only_costs_the_exact_check(tmp_path, monkeypatch):
+    """Duplicates are found by a 64-bit hash; if every row collided, the result would still be exact."""
+    import polars as pl
+    from shared import dataset
+    files, contents = _mixed_dataset(tmp_path)
+    opts = PrepareOptions(test_fraction=0.3, max_rejected_share=0.2)
+    m = run(tmp_path, files, opts)
+    every_hash = lambda inputs: pl.concat([i.rows.select(  # noqa: E731
+        pl.col("prompt_id").hash(dataset.DUPLICATE_HASH_SEED).alias("h")) for i in inputs]).collect()["h"]
+    monkeypatch.setattr(dataset, "_duplicated_ids", every_hash)
+    collided = run(tmp_path, files, opts, out="collided")
+    assert collided["rows"] == m["rows"]
+    for name in ("train.jsonl", "test.jsonl", "rejected.jsonl"):
+        assert sorted(map(json.dumps, lines(tmp_path / "collided" / name))) == sorted(map(json.dumps, lines(tmp_path / "out" / name)))

@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 import polars as pl
 import pytest
 
-from shared.parquet_footer import FooterError, row_group_sizes
+from shared.parquet_footer import FooterError, row_groups
 
 
-def pyarrow_sizes(path) -> list[int]:
+def pyarrow_sizes(path) -> list[tuple[int, int]]:
     meta = pq.read_metadata(path)
-    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return [(meta.row_group(i).num_rows, meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups)]
 
 
 TABLE = pa.table({"prompt": [f"p{i}" for i in range(2500)], "prompt_id": [f"{i:064x}" for i in range(2500)],
@@ -32,7 +32,7 @@ TABLE = pa.table({"prompt": [f"p{i}" for i in range(2500)], "prompt_id": [f"{i:0
 def test_sizes_match_pyarrow(tmp_path, write):
     path = tmp_path / "d.parquet"
     write(path)
-    assert row_group_sizes(path) == pyarrow_sizes(path)
+    assert row_groups(path) == pyarrow_sizes(path)
 
 
 HUGE_LIST = b"\x29\xf3\xff\xff\xff\xff\x0f"  # field 2, list of 2**32-1 bytes, then nothing
@@ -52,4 +52,4 @@ def test_damaged_footers_raise_footer_error(tmp_path, damage, words):
     pq.write_table(TABLE, path, row_group_size=1000)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(FooterError, match=words):
-        row_group_sizes(path)
+        row_groups(path)
