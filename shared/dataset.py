@@ -130,6 +130,18 @@ DUPLICATE_HASH_SEED = 2024
 POLARS_SETTINGS = {"POLARS_ROW_GROUP_PREFETCH_SIZE": "1", "POLARS_ASYNC_THREAD_COUNT": "1"}
 
 
+def _id_hash():
+    """The 64-bit hash of prompt_id that both passes compare."""
+    import polars as pl
+    return pl.col("prompt_id").hash(DUPLICATE_HASH_SEED)
+
+
+def _parquet_where(prefix: str):
+    """A parquet row's location, `<name>#row<pos>`: the random sample's key and the rejected rows' `where`."""
+    import polars as pl
+    return pl.concat_str(pl.lit(prefix), pl.col("pos").cast(pl.String))
+
+
 def _tune_polars() -> None:
     """Apply POLARS_SETTINGS before the first query; a value the operator set wins."""
     for name, value in POLARS_SETTINGS.items():
@@ -281,7 +293,7 @@ def _parquet_input(index: int, src: Source, split_by: str, first: int | None, op
                                                                     role=pl.element().struct.field("role"))))
     lf = lf.with_row_index("pos").with_columns(pl.col("pos").cast(pl.Int64))
     prefix = f"{src.name}#row"
-    lf = _random_sample(lf, pl.concat_str(pl.lit(prefix), pl.col("pos").cast(pl.String)), options)
+    lf = _random_sample(lf, _parquet_where(prefix), options)
     lf = lf.select(*COLUMNS, pl.lit(None, dtype=pl.String).alias("where"), pl.lit(index, dtype=pl.UInt32).alias("src"),
                    "pos")
     return _Input(index, src, split_by, take, lf if take else None, prefix)
@@ -314,16 +326,15 @@ def _where(inputs: list[_Input]):
     import polars as pl
     located = None
     for inp in (i for i in inputs if i.where_prefix):
-        here = pl.concat_str(pl.lit(inp.where_prefix), pl.col("pos").cast(pl.String))
         located = (pl.when(pl.col("src") == inp.index) if located is None
-                   else located.when(pl.col("src") == inp.index)).then(here)
+                   else located.when(pl.col("src") == inp.index)).then(_parquet_where(inp.where_prefix))
     return pl.col("where") if located is None else pl.coalesce(pl.col("where"), located)
 
 
 def _duplicated_ids(inputs: list[_Input]):
     """Hashes of the prompt_ids taken more than once across the whole dataset (first pass: this column only)."""
     import polars as pl
-    hashes = pl.concat([inp.rows.select(pl.col("prompt_id").hash(DUPLICATE_HASH_SEED).alias("h")) for inp in inputs])
+    hashes = pl.concat([inp.rows.select(_id_hash().alias("h")) for inp in inputs])
     return hashes.group_by("h").agg(pl.len()).filter(pl.col("len") > 1).collect(engine="streaming")["h"]
 
 
@@ -335,8 +346,7 @@ def _classified(inputs: list[_Input], duplicated, options: PrepareOptions):
     by_hash = pl.when(to_test).then(pl.lit("test")).otherwise(pl.lit("train"))
     rows = pl.concat([inp.rows.with_columns((by_hash if inp.split_by == "hash" else pl.lit(inp.split_by)).alias("split"))
                       for inp in inputs])
-    is_duplicated = (pl.col("prompt_id").hash(DUPLICATE_HASH_SEED).is_in(duplicated.implode()) if len(duplicated)
-                     else pl.lit(False))
+    is_duplicated = _id_hash().is_in(duplicated.implode()) if len(duplicated) else pl.lit(False)
     part = (pl.when(pl.col("reason").is_not_null()).then(pl.lit("rejected"))
             .when(is_duplicated).then(pl.lit("duplicate")).otherwise(pl.col("split")))
     return (rows.with_columns(reason_expr(options.max_row_bytes).alias("reason"))

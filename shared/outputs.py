@@ -84,14 +84,12 @@ class PreparedOutputs:
         self.files = {name: DigestingFile(out_dir / name) for name in OUTPUT_FILES}
         self.rejected = self.files["rejected.jsonl"]
         self.reasons: Counter[str] = Counter()
-        self._duplicates_path = duplicates_path
-        self._duplicates = DigestingFile(duplicates_path)
+        self._duplicates_path = duplicates_path  # a scratch file: polars writes it, nothing hashes it
 
     def __enter__(self) -> "PreparedOutputs":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._duplicates.close()
         for f in self.files.values():
             f.close()
 
@@ -108,7 +106,7 @@ class PreparedOutputs:
         sinks.append(rows.filter(part == "rejected").select(where.alias("where"), "reason")
                      .sink_ndjson(self.rejected, lazy=True))
         sinks.append(rows.filter(part == "duplicate").select(*output, where.alias("where"), "split", "src", "pos")
-                     .sink_ndjson(self._duplicates, lazy=True))
+                     .sink_ndjson(self._duplicates_path, lazy=True))
         counts = pl.collect_all([*sinks, rows.group_by("part", "reason").len()], engine="streaming")[-1]
         for part_name, reason, n in counts.iter_rows():
             if part_name == "rejected":
@@ -126,8 +124,8 @@ class PreparedOutputs:
         """Keep the first good row of each duplicated prompt_id (in input order); reject the others.
         Holds only the duplicated rows in memory."""
         import polars as pl
-        if self._duplicates.finish()["bytes"] == 0:
-            return
+        if not self._duplicates_path.exists() or self._duplicates_path.stat().st_size == 0:
+            return  # no live input ran the query, or no good row had a repeated id
         schema = {**polars_schema(), "where": pl.String, "split": pl.String, "src": pl.UInt32, "pos": pl.Int64}
         rows = pl.read_ndjson(self._duplicates_path, schema=schema).sort("src", "pos")
         first = pl.col("prompt_id").is_first_distinct()

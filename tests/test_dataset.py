@@ -300,8 +300,7 @@ def test_a_prompt_id_hash_collision_only_costs_the_exact_check(tmp_path, monkeyp
     files, contents = _mixed_dataset(tmp_path)
     opts = PrepareOptions(test_fraction=0.3, max_rejected_share=0.2)
     m = run(tmp_path, files, opts)
-    every_hash = lambda inputs: pl.concat([i.rows.select(  # noqa: E731
-        pl.col("prompt_id").hash(dataset.DUPLICATE_HASH_SEED).alias("h")) for i in inputs]).collect()["h"]
+    every_hash = lambda inputs: pl.concat([i.rows.select(dataset._id_hash().alias("h")) for i in inputs]).collect()["h"]  # noqa: E731
     monkeypatch.setattr(dataset, "_duplicated_ids", every_hash)
     collided = run(tmp_path, files, opts, out="collided")
     assert collided["rows"] == m["rows"]
