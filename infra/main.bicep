@@ -1,6 +1,7 @@
 // tuneflow on Azure: a Flex Consumption Function App driving an Azure ML workspace, identity only.
-// `azd up` provisions this, deploys the app, then runs infra/hooks/postprovision.sh for the Event
-// Grid subscriptions that need the function's system key.
+// `azd up` provisions this, deploys the app, then runs infra/hooks/postdeploy.sh, which deploys
+// infra/app/event-subscriptions.bicep: the Event Grid subscriptions need the function's system keys,
+// which exist only once the deployed code has started.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -8,8 +9,46 @@ targetScope = 'subscription'
 @description('Name of the azd environment; a short hash of it names every resource.')
 param environmentName string
 
+// Regions that offer the Flex Consumption plan: the list of Azure-Samples/functions-quickstart-python-http-azd
+// (infra/main.bicep, Microsoft's azd template for Python on Flex Consumption), without its canary region
+// eastus2euap. Microsoft's docs keep the live list behind `az functionapp list-flexconsumption-locations`
+// (https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to#view-currently-supported-regions):
+// check it there before adding a region. Every resource (the Azure ML workspace included) goes here.
 @minLength(1)
-@description('Primary location for all resources.')
+@description('Primary location for all resources; must offer the Flex Consumption plan.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({ azd: { type: 'location' } })
 param location string
 
@@ -18,6 +57,10 @@ param existingMlWorkspaceName string = ''
 
 @description('Object id of the person running azd, given data access for debugging; empty: none.')
 param principalId string = ''
+
+@description('What principalId is: azd passes AZURE_PRINCIPAL_TYPE, ServicePrincipal when it runs as one (CI).')
+@allowed(['User', 'ServicePrincipal', 'Group'])
+param principalType string = 'User'
 
 @description('How long an endpoint lives before the reaper deletes it (30m, 8h, 7d, 2w, PT8H).')
 param endpointTtl string = '2h'
@@ -127,9 +170,12 @@ module rbac 'app/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     serviceBusName: serviceBus.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    serviceBusQueueName: serviceBus.outputs.queueName
     mlWorkspaceName: ml.outputs.workspaceName
     mlWorkspacePrincipalId: ml.outputs.workspacePrincipalId
+    mlStorageAccountId: ml.outputs.storageAccountId
     userPrincipalId: principalId
+    userPrincipalType: principalType
   }
 }
 
@@ -140,6 +186,8 @@ module events 'app/events.bicep' = {
     location: location
     tags: tags
     storageAccountId: storage.outputs.id
+    storageAccountName: storage.outputs.name
+    deadLetterContainer: storage.outputs.deadLetterContainer
     mlWorkspaceId: ml.outputs.workspaceId
     storageTopicName: '${abbrs.eventGridSystemTopics}storage-${resourceToken}'
     mlTopicName: '${abbrs.eventGridSystemTopics}ml-${resourceToken}'
@@ -155,3 +203,5 @@ output AZURE_SERVICEBUS_NAMESPACE string = serviceBus.outputs.fullyQualifiedName
 output AZURE_ML_WORKSPACE_NAME string = ml.outputs.workspaceName
 output AZURE_EVENTGRID_STORAGE_TOPIC string = events.outputs.storageTopicName
 output AZURE_EVENTGRID_ML_TOPIC string = events.outputs.mlTopicName
+output AZURE_EVENTGRID_DEADLETTER_CONTAINER string = events.outputs.deadLetterContainer
+output TUNEFLOW_ML_STORAGE_ROLE_ASSIGNED bool = rbac.outputs.mlStorageRoleAssigned

@@ -33,7 +33,7 @@ STAGES = [("prepared", "validated and split into JSONL"), ("submitted", "fine-tu
           ("registered", "job finished, model registered"), ("deployed", "endpoint created (key auth)"),
           ("smoke-tested", "endpoint answered the smoke test"), ("chat", "held-out conversation answered"),
           ("reaped", "endpoint deleted when its TTL ran out")]
-FAILED = ("refused", "job-failed", "smoke-failed")
+FAILED = ("refused", "job-failed", "deploy-failed", "smoke-failed")
 TIMEOUT_S = 600
 
 

@@ -2,8 +2,9 @@
 
 Loads the registered MLflow model, listens on a free loopback port and serves the Azure ML
 chat-completion contract: `POST /score` with `Authorization: Bearer <key>` and the body
-`{"input_data": {"input_string": [messages], "parameters": {...}}}`, answering `{"output": text}`.
-Without the right key: 401. When ready it writes `server.json` (port, pid) in its folder.
+`{"input_data": {"input_string": [messages], "parameters": {...}}}` (a list holding one conversation,
+as the seed sends it), answering `{"output": text}`. Without the right key: 401; any other body (a
+flat list of turns included): 400 with the reason. When ready it writes `server.json` (port, pid).
 """
 
 from __future__ import annotations

@@ -36,9 +36,16 @@ def _send_to_service_bus(queue: str, body: str, message_id: str) -> None:
         raise SettingError(f"{CONNECTION}__fullyQualifiedNamespace is not set: give the Service Bus namespace "
                            f"(e.g. sb-tuneflow.servicebus.windows.net); the Function App's identity needs "
                            f"'Azure Service Bus Data Sender' on it")
-    from azure.identity import DefaultAzureCredential
     from azure.servicebus import ServiceBusClient, ServiceBusMessage
-    credential = DefaultAzureCredential(exclude_interactive_browser_credential=True,
-                                        managed_identity_client_id=os.environ.get(f"{CONNECTION}__clientId"))
-    with ServiceBusClient(namespace, credential) as client, client.get_queue_sender(queue) as sender:
+    with ServiceBusClient(namespace, credential()) as client, client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(body, message_id=message_id, content_type="application/json"))
+
+
+def credential():
+    """The identity the Service Bus trigger uses: `ServiceBusConnection__clientId` names a user-assigned
+    identity; unset, DefaultAzureCredential chooses as usual (AZURE_CLIENT_ID, then the system-assigned
+    identity). Passing `managed_identity_client_id=None` would override AZURE_CLIENT_ID."""
+    from azure.identity import DefaultAzureCredential
+    client_id = os.environ.get(f"{CONNECTION}__clientId")
+    chosen = {"managed_identity_client_id": client_id} if client_id else {}
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True, **chosen)

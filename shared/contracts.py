@@ -17,6 +17,7 @@ TAG_DATASET = "dataset"
 TAG_DATASET_VERSION = "dataset-version"
 TAG_JOB = "job"
 TAG_MODEL = "model"
+TAG_BASE_MODEL = "base-model"  # the registry model (with its version) a job fine-tuned: deploy reads its sizes
 
 PIPELINE_RUN_TYPE = "azureml.PipelineRun"
 EVENT_RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"

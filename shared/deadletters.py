@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from shared import storage
+from shared import bus, storage
 from shared.contracts import DEPLOY_QUEUE, FINETUNE_QUEUE
 
 PEEK_LIMIT = 32  # storage queues show at most 32 messages without taking them
@@ -101,11 +101,8 @@ class ServiceBusDeadLetters:
     namespace: str
 
     def _client(self):
-        from azure.identity import DefaultAzureCredential
         from azure.servicebus import ServiceBusClient
-        credential = DefaultAzureCredential(exclude_interactive_browser_credential=True,
-                                            managed_identity_client_id=os.environ.get("ServiceBusConnection__clientId"))
-        return ServiceBusClient(self.namespace, credential)
+        return ServiceBusClient(self.namespace, bus.credential())
 
     @staticmethod
     def _letter(source: str, msg) -> DeadLetter:

@@ -16,6 +16,7 @@ from shared.compute import ComputeUnusable, check_finetune
 from shared.contracts import MANAGED_BY_VALUE, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY
 from shared.finetune import default_params
 from shared.modelspec import ModelFacts, preflight
+from shared.sdk_quiet import sdk_quiet
 from shared.ttl import utcnow
 
 
@@ -54,7 +55,8 @@ def _load_component(path: Path):
                           f"give chat_completion_pipeline's spec.yaml")
     from azure.ai.ml import load_component
     try:
-        return load_component(source=str(path))
+        with sdk_quiet():
+            return load_component(source=str(path))
     except Exception as exc:  # azure-ai-ml raises several validation types
         raise DryRunError(f"component spec {path} does not load ({str(exc).strip().splitlines()[0][:200]})") from None
 

@@ -2,6 +2,11 @@
 
 Only this app's own pipeline runs matter: child step runs, other people's runs, non-terminal
 statuses and events about jobs we never submitted are ignored, each with a reason.
+
+Read as Azure has published them: data keys in camelCase or PascalCase, statuses in any case
+(`"runStatus": "failed"`), a pipeline run named by `runType` or, when that is null, by
+`runProperties["azureml.runsource"]`. A completion comes as RunCompleted and as RunStatusChanged
+`Completed`; both register (registration is idempotent), `dataVersion` is not checked.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from shared.contracts import (EVENT_RUN_COMPLETED, EVENT_RUN_STATUS_CHANGED, EVE
                               MANAGED_BY_VALUE, PIPELINE_RUN_TYPE, TAG_FLOW_ID, TAG_MANAGED_BY)
 
 FAILED_STATES = ("Failed", "Canceled")
+_STATUSES = {s.lower(): s for s in ("Completed", *FAILED_STATES)}  # terminal statuses, matched case-insensitively
 
 
 class InvalidEvent(ValueError):
@@ -59,26 +65,44 @@ class Decision:
     status: str = ""
 
 
+def _keys_folded(value) -> dict:
+    """A mapping with its keys lower-cased: Azure ML has published these payloads in camelCase
+    (`runId`, `runStatus`) and in PascalCase (`RunId`, `RunStatus`)."""
+    return {str(k).lower(): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _is_pipeline_run(run_type: str, properties: dict) -> bool:
+    """Recognised by `runType`, or by `runProperties["azureml.runsource"]` when `runType` is null."""
+    pipeline = PIPELINE_RUN_TYPE.lower()
+    return run_type.lower() == pipeline or str(properties.get("azureml.runsource") or "").lower() == pipeline
+
+
 def decide(event: Event) -> Decision:
-    data = event.data
-    job = str(data.get("runId") or "")
-    tags = data.get("runTags") or {}
-    flow = str(tags.get(TAG_FLOW_ID, "")) if isinstance(tags, dict) else ""
-    if event.type == EVENT_SUBSCRIPTION_VALIDATION:
+    data = _keys_folded(event.data)
+    job = str(data.get("runid") or "")
+    tags = _keys_folded(data.get("runtags"))
+    properties = _keys_folded(data.get("runproperties"))
+    flow = str(tags.get(TAG_FLOW_ID, ""))
+    etype = event.type.lower()
+    if etype == EVENT_SUBSCRIPTION_VALIDATION.lower():
         return Decision("validate", "", "subscription validation handshake")
-    if event.type not in (EVENT_RUN_COMPLETED, EVENT_RUN_STATUS_CHANGED):
+    if etype not in (EVENT_RUN_COMPLETED.lower(), EVENT_RUN_STATUS_CHANGED.lower()):
         return Decision("ignore", job, f"event type {event.type} is not an Azure ML run event")
-    if data.get("runType") != PIPELINE_RUN_TYPE:
-        parent = (data.get("runProperties") or {}).get("azureml.pipelinerunid", "")
-        return Decision("ignore", job, f"run type {data.get('runType')!r} is not a pipeline run"
+    run_type = data.get("runtype")
+    if not _is_pipeline_run(str(run_type or ""), properties):
+        parent = properties.get("azureml.pipelinerunid", "")
+        return Decision("ignore", job, f"run type {run_type!r} is not a pipeline run"
                         + (f" (a step of {parent})" if parent else ""), flow)
-    if not isinstance(tags, dict) or tags.get(TAG_MANAGED_BY) != MANAGED_BY_VALUE:
+    if tags.get(TAG_MANAGED_BY) != MANAGED_BY_VALUE:
         return Decision("ignore", job, f"run is not tagged {TAG_MANAGED_BY}={MANAGED_BY_VALUE}", flow)
     if not job:
         return Decision("ignore", job, "event has no runId", flow)
-    if event.type == EVENT_RUN_COMPLETED:
+    if etype == EVENT_RUN_COMPLETED.lower():
         return Decision("register", job, "pipeline run completed", flow, "Completed")
-    status = str(data.get("runStatus") or "")
+    given = str(data.get("runstatus") or "")
+    status = _STATUSES.get(given.lower(), given)  # Azure's spelling, whatever case the event used
+    if status == "Completed":
+        return Decision("register", job, "pipeline run completed (status change)", flow, status)
     if status in FAILED_STATES:
         return Decision("record-failure", job, f"pipeline run {status.lower()}", flow, status)
     return Decision("ignore", job, f"status {status or 'unknown'} is not terminal", flow, status)
@@ -103,7 +127,8 @@ def read_events(path) -> list:
 
 def explain_all(raws: list) -> list[dict]:
     """What job_events does with each event, in delivery order, as one delivery would see them:
-    a repeated event id is ignored, and so is any status after a job's terminal one (stale)."""
+    a repeated event id is ignored, and so is any terminal status after a job's first one (the same
+    outcome reported by the other event type, or a stale one)."""
     seen: set[str] = set()
     terminal: dict[str, tuple[str, str]] = {}  # job -> (status, event id)
     out = []
@@ -118,7 +143,8 @@ def explain_all(raws: list) -> list[dict]:
             decision = Decision("ignore", decision.job, f"repeat of event {event.id}", decision.flow_id)
         elif decision.action in ("register", "record-failure") and decision.job in terminal:
             status, first = terminal[decision.job]
-            decision = Decision("ignore", decision.job, f"stale: job already {status.lower()} (event {first})",
+            why = "the same outcome reported again" if status == decision.status else "stale"
+            decision = Decision("ignore", decision.job, f"{why}: job already {status.lower()} (event {first})",
                                 decision.flow_id, decision.status)
         elif decision.action in ("register", "record-failure"):
             terminal[decision.job] = (decision.status, event.id)

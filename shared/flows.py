@@ -14,7 +14,7 @@ from shared.ttl import utcnow
 # Stage -> position in the flow; a later position is further along.
 STAGES = {
     "refused": 1, "prepared": 1, "submitted": 2, "job-failed": 3, "registered": 3,
-    "deployed": 4, "extended": 4, "smoke-tested": 5, "smoke-failed": 5, "reaped": 6,
+    "deploy-failed": 4, "deployed": 4, "extended": 4, "smoke-tested": 5, "smoke-failed": 5, "reaped": 6,
 }
 REPEATABLE = ("extended",)  # a lease can be renewed many times: one record each
 _COLUMNS = ("dataset", "version", "job", "model", "endpoint", "expires_at")

@@ -120,11 +120,18 @@ def model_name(base_model: str, dataset: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', base_model)}-{slug(dataset, 40)}"
 
 
+MAX_MODEL_VERSION = 2**31 - 1  # Azure ML model versions are positive 32-bit integers
+
+
 def model_version(job: str) -> str:
-    """A deterministic, numeric model version derived from the job (not a timestamp)."""
-    return str(int(_digest(job)[:8], 16))
+    """A deterministic, numeric model version derived from the job (not a timestamp): 1..2,147,483,647."""
+    return str(int(_digest(job)[:16], 16) % MAX_MODEL_VERSION + 1)
 
 
-def endpoint_name(model: str, version: str) -> str:
-    """Azure's rule: 3-32 chars, starts with a letter, letters/digits/hyphens, no trailing hyphen."""
-    return f"tf-{slug(model, 18)}-{_digest(model, version)[:8]}"
+def endpoint_name(model: str, version: str, workspace: str) -> str:
+    """Azure's rule: 3-32 chars, starts with a letter, letters/digits/hyphens, no trailing hyphen.
+
+    Online endpoint names are unique per Azure region across every workspace, so the hash covers
+    the workspace (`MLBackend.workspace_id`) too: dev and prod in one region fine-tuning the same
+    data get different names."""
+    return f"tf-{slug(model, 18)}-{_digest(workspace.lower(), model, version)[:8]}"

@@ -118,6 +118,7 @@ def build_job(component, *, name: str, experiment: str, model_id: str, compute: 
     """The azure-ai-ml PipelineJob the seed submits, with a deterministic name and our tags."""
     from azure.ai.ml import Input
     from azure.ai.ml.dsl import pipeline
+    from azure.ai.ml.entities import UserIdentityConfiguration
     declared = set(component.inputs)
     placement = {key: compute.compute for key in COMPUTE_INPUTS if key in declared}
     if compute.compute == SERVERLESS:
@@ -138,6 +139,10 @@ def build_job(component, *, name: str, experiment: str, model_id: str, compute: 
     job.tags = dict(tags)
     job.settings.force_rerun = True
     job.settings.continue_on_step_failure = False
+    # The steps write the MLflow model to the workspace's storage, whose shared keys are off: they run
+    # as the submitter (the app's identity, Storage Blob Data Contributor there: infra/app/rbac.bicep).
+    # Serverless compute has no system-assigned identity to fall back on.
+    job.identity = UserIdentityConfiguration()
     return job
 
 

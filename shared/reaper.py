@@ -4,7 +4,8 @@ gate, then actions that are confirmed.
 Rules, first match wins (`RULES`):
   not-managed     keep   not tagged managed-by=tuneflow (never ours to touch)
   do-not-delete   keep   tagged do-not-delete=true (any key case)
-  in-transition   keep   Creating, Updating or Deleting
+  in-transition   keep   the endpoint or any of its deployments Creating, Updating or Deleting
+                         (a large model's deployment takes 20+ minutes: whatever the grace)
   expired         delete expires-at (ISO 8601 with an offset) has passed
   broken          delete no deployment, or a failed one, for longer than the grace period
   broken-grace    keep   broken, still within the grace period (or its age is unknown)
@@ -118,6 +119,10 @@ def decide(ep: EndpointInfo, now: datetime, policy: ReaperPolicy, first_seen: di
         return d("keep", "do-not-delete", f"tagged {TAG_DO_NOT_DELETE}=true")
     if _state(ep) in TRANSITIONAL_STATES:
         return d("keep", "in-transition", f"provisioning state is {ep.provisioning_state}")
+    moving = [f"{x.name} {x.provisioning_state}" for x in ep.deployments
+              if (x.provisioning_state or "").lower() in TRANSITIONAL_STATES]
+    if moving:
+        return d("keep", "in-transition", f"deployment {', '.join(moving)}")
     if expiry is not None and expiry <= now:
         return d("delete", "expired", f"expired at {format_utc(expiry)}")
     broken = _broken(ep)

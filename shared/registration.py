@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from shared import flows, naming
-from shared.contracts import TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY, MANAGED_BY_VALUE
+from shared.contracts import TAG_BASE_MODEL, TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_MANAGED_BY, MANAGED_BY_VALUE
 from shared.events import FAILED_STATES, Decision
 from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, MLBackend, MLError, NotFound
@@ -46,6 +46,8 @@ def handle_decision(decision: Decision, backend: MLBackend, flow_log) -> DeployR
     model_version = naming.model_version(job.name)
     tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: flow_id, TAG_DATASET: dataset,
             TAG_DATASET_VERSION: dataset_version, "source-job": job.name}
+    if job.tags.get(TAG_BASE_MODEL):  # the registry version it was tuned from: deploy reads its sizes there
+        tags[TAG_BASE_MODEL] = job.tags[TAG_BASE_MODEL]
     try:
         backend.register_model(name, model_version, job.name, tags)
         log.info("registered %s version %s from job %s", name, model_version, job.name)

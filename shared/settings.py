@@ -52,6 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_AML_COMPONENT_VERSION", "", "Azure backend: pin `chat_completion_pipeline` to this version; empty: the latest."),
     Setting("TUNEFLOW_AML_COMPUTE", "serverless", "Azure backend: fine-tune on this compute cluster, or `serverless`."),
     Setting("TUNEFLOW_AML_FINETUNE_SKU", "", "Azure backend, serverless: the fine-tune VM size; empty: the model's first recommended size."),
+    Setting("TUNEFLOW_AML_FINETUNE_GPUS", "0", "Azure backend: GPUs of the fine-tune VM size when tuneflow's table of Azure GPU sizes lacks it; 0: from the table."),
     Setting("TUNEFLOW_AML_DATASTORE", "tuneflow_prepared", "Azure backend: the workspace datastore that points at the `prepared` container."),
     Setting("TUNEFLOW_INFERENCE_SKU", "", "Azure backend: endpoint instance type; empty: the model's first recommended inference size."),
     Setting("TUNEFLOW_INFERENCE_SKU_OVERRIDE", "false", "Azure backend: `true` deploys on a size outside the model's inference allow-list."),

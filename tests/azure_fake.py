@@ -1,44 +1,134 @@
-"""An in-memory Azure ML at the HTTP edge: ARM (jobs, models, online endpoints and deployments,
-computes, VM sizes, workspace), the azureml registry (discovery, models, components) and the
-endpoints' scoring URIs.
+"""An in-memory Azure ML at the HTTP edge, as strict as the service: ARM (jobs, models, online
+endpoints and deployments, computes, VM sizes, workspace), the azureml registry (discovery, models,
+components) and the endpoints' scoring URIs.
 
-azure-ai-ml runs for real on top of it: its generated clients, azure-core's pipeline and
-`RequestsTransport` are all used; only the socket is replaced, by a `requests` adapter that
-answers the way the services do (resource JSON in ARM's envelope, `{"error": {...}}` with the
-HTTP status, paged lists, ARM long-running operations that finish at once). Registry assets come
-from ../shared/reference/azureml/ specs, with tags as the REST API returns them (strings).
+azure-ai-ml runs for real on top of it: its generated clients, azure-core's pipeline, retries and
+LRO polling, and `RequestsTransport` are all used; only the socket is replaced, by a `requests`
+adapter that answers the way the services do. What "the way the services do" means was taken from
+real recorded traffic (tests/reference/recordings/, see tests/reference/README.md) and, where no
+recording covers it, from the Azure docs and public issue threads named next to each answer.
+
+Behaviour a test can rely on (and set):
+- ARM long-running operations. PUT of an online endpoint or deployment answers 201 with
+  `Azure-AsyncOperation` (an `mfeOperationsStatus` URL) and `Location` (the resource); DELETE answers
+  202 with `Azure-AsyncOperation` and `Location` (an `mfeOperationResults` URL). Meanwhile the
+  resource's `provisioningState` is Creating / Updating / Deleting. Each poll of an operation URL
+  advances that operation by one: it answers "in progress" for `lro_polls` polls, then Succeeded or
+  Failed. Nobody polling = nothing happens, until `finish_operations()` (time passing).
+  `fail_deployments = N`: the next N deployment creations are accepted, then their operation fails
+  and the deployment stays, in state Failed. `failing_deployments = N` (older): refused up front, 400.
+- Permissions by scope: `grants` (ARM scope prefixes; default: this workspace, as
+  infra/app/rbac.bicep gives the app identity) and `grant(scope)`. Any other ARM call answers 403
+  AuthorizationFailed (so `compute.list_sizes()`, a subscription-scope call, is refused by default).
+- Endpoint names are unique per region: `FakeRegion`, shared by several FakeAzureML (one per
+  workspace), owns the names and routes scoring hosts `{name}.{location}.inference.ml.azure.com`.
+- The registry lists only active (not archived) versions unless asked `listViewType=All`, so
+  `models.get(name, label="latest")` of an all-archived model raises the SDK's ValidationException.
+- Scoring like a managed endpoint: key auth (401), `azureml-model-deployment` or traffic routing,
+  only Succeeded deployments answer, `slow_answers = N` (408), `container_errors = N` (424, plain
+  text), and only the seed's request body `{"input_data": {"input_string": [conversation], ...}}`.
+- Model versions must be integers 1..2147483647.
+- Polling never sleeps: `transport()` records azure-core's sleeps in `slept` and returns at once.
+
+Registry assets come from ../shared/reference/azureml/ specs, with tags as the REST API returns them
+(strings).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import secrets
+import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import requests
 import yaml
 from requests.adapters import BaseAdapter
 
 ARM = "https://management.azure.com"
+ARM_HOST = "management.azure.com"
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000abcd"
 RESOURCE_GROUP = "rg-tuneflow"
 WORKSPACE = "ws-tuneflow"
 LOCATION = "eastus"
+PROVIDER = "Microsoft.MachineLearningServices"
 REGISTRY_HOST = f"https://cert-{LOCATION}.experiments.azureml.net"
 REGISTRY_SCOPE = "/mferp/managementfrontend/subscriptions/reg-sub/resourceGroups/reg-rg/providers/" \
                  "Microsoft.MachineLearningServices/registries/azureml"
 WS_SCOPE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
-            f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
+            f"{PROVIDER}/workspaces/{WORKSPACE}")
 SYSTEM_DATA = {"createdAt": "2026-11-26T00:00:00Z", "createdBy": "tuneflow", "createdByType": "Application",
                "lastModifiedAt": "2026-11-26T00:00:00Z"}
-# The GPU sizes of the region, as `compute.list_sizes()` reports them.
+# The GPU sizes of the region, as `compute.list_sizes()` reports them (when the caller may ask).
 VM_SIZES = {"Standard_NC24ads_A100_v4": 1, "Standard_NC48ads_A100_v4": 2, "Standard_NC96ads_A100_v4": 4,
             "Standard_ND96asr_v4": 8, "Standard_NC6s_v3": 1, "Standard_DS3_v2": 0}
+
+# --- What the service sends, with where each was found ---------------------------------------------
+
+# Operation status while running. The recordings (online_endpoint_e2e, online_deployment_create) show
+# "Updating" on every in-progress poll of an mfeOperationsStatus URL, for creations and updates alike,
+# then "Succeeded" with an endTime; azure-core treats any non-terminal status as in progress.
+OPERATION_RUNNING = "Updating"
+NEVER = "0001-01-01T00:00:00+00:00"  # endTime of a running operation, as recorded
+ASYNC_TIMEOUT = "PT30M"  # x-ms-async-operation-timeout on every recorded PUT/DELETE
+# A deployment whose creation fails: the operation ends Failed with this error. Wording from the
+# failures reported in Azure/mlops-v2#120 ("ERROR: (None) ResourceNotReady: User container has crashed
+# or terminated: Liveness probe failed: HTTP probe failed with statuscode: 502") and
+# MicrosoftLearning/mslearn-azure-ml#100 (same text, then "Container events: ..."), both from
+# `online_deployments.begin_create_or_update(...).result()`. "(None)" is azure-core printing an error
+# whose code is null, so the code is null here too.
+DEPLOYMENT_FAILED_ERROR = {
+    "code": None,
+    "message": "ResourceNotReady: User container has crashed or terminated: Liveness probe failed: HTTP probe "
+               "failed with statuscode: 502\nContainer events:\nKind: Pod, Name: LivenessProbeFailed, Type: Warning, "
+               "Message: Liveness probe failed: HTTP probe failed with statuscode: 502"}
+# ARM's refusal for a caller without the role: status 403 and this body. Wording from ARM answers quoted
+# in Azure/ARO-RP#66 and #31 ("StatusCode=403 ... Code=AuthorizationFailed") and
+# microsoft/foundry-dev-tools#555.
+AUTHORIZATION_FAILED = ("The client '{oid}' with object id '{oid}' does not have authorization to perform action "
+                        "'{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, "
+                        "please refresh your credentials.")
+# A second workspace of the region creating an endpoint name already taken. Message as quoted from the
+# service in Azure/azureml-examples#1930 and #1931 (online endpoints in the SDK notebooks):
+# {"errors":{"":["There is already an endpoint with this name, Endpoint name needs to be unique within a
+# region. Try some other name."]},"title":"One or more validation errors occurred."} -- an ASP.NET
+# validation-problem body, which is always status 400; MFE wraps errors as {"error": {"code":
+# "UserError", ...}} (the batch-endpoint variant in ansible-collections/azure#2231 reads "(UserError) The
+# specified endpoint name '...' is not available. Endpoint names must be unique within the region.").
+NAME_TAKEN = json.dumps({"errors": {"": ["There is already an endpoint with this name, Endpoint name needs to be "
+                                         "unique within a region. Try some other name."]},
+                         "title": "One or more validation errors occurred."})
+# Managed online endpoints (Server: azureml-frontdoor, recorded) answer scoring errors as text, not
+# JSON, and append a help line: huggingface/Microsoft-Azure examples/foundry/deploy-vibevoice-asr shows a
+# managed endpoint's timeout as "upstream request timeout\nPlease check this guide ..."; a Foundry
+# deployment's 400 captured live was a JSON object followed by the same help line. The docs'
+# "HTTP status codes" table (how-to-troubleshoot-online-endpoints) gives 401 for a refused key, 404
+# for no deployment with positive weight, 408 when the model takes longer than request_timeout_ms,
+# and 424 ("Model Error") for any non-200 from the container, with headers
+# ms-azureml-model-error-statuscode / ms-azureml-model-error-reason.
+HELP_LINE = ("\nPlease check this guide to understand why this error code might have been returned \n"
+             "https://docs.microsoft.com/en-us/azure/machine-learning/how-to-troubleshoot-online-endpoints"
+             "#http-status-codes\n")
+SCORE_TIMEOUT = "upstream request timeout" + HELP_LINE
+# What azureml-inference-server-http answers (500) when run() raises or the body is not what it
+# expects (its own tests assert this body); the frontdoor turns it into 424 + the help line.
+CONTAINER_ERROR = json.dumps({"message": "An unexpected error occurred in scoring script. Check the logs for more "
+                                         "info."}) + HELP_LINE
+# The frontdoor's 401 bodies: "key_auth_access_denied" for a wrong key (MicrosoftDocs/azure-docs#98265,
+# curl against a managed endpoint), "key_auth_bad_header_forbidden" for a missing/malformed header.
+KEY_DENIED, KEY_HEADER_BAD = "key_auth_access_denied", "key_auth_bad_header_forbidden"
+NO_DEPLOYMENT = "The endpoint doesn't have any valid deployment with positive weight" + HELP_LINE
+NOT_READY = "no healthy upstream" + HELP_LINE  # modeled: envoy's answer when no container is up
+MAX_MODEL_VERSION = 2**31 - 1  # Azure ML model versions are positive 32-bit integers
+ENDPOINT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")  # 3-32, letter first (Azure docs)
 
 
 def _tag_string(value) -> str:
@@ -46,7 +136,57 @@ def _tag_string(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.0000000+00:00", time.gmtime())
+
+
+def _user_error(status: int, message: str, code: str = "UserError"):
+    return status, {"error": {"code": code, "message": message, "details": [], "additionalInfo": []}}
+
+
 @dataclass
+class Operation:
+    """One ARM long-running operation: what it changes, and how many polls it still answers 'running'."""
+    id: str  # "oeidp:<workspace id>:<uuid>" (endpoints), "odidp:..." (deployments), "jobidp:..." (jobs)
+    kind: str  # "endpoints" | "deployments" | "jobs"
+    key: object  # endpoint name, (endpoint, deployment) or job name
+    action: str  # "create" | "update" | "delete" | "cancel"
+    polls_left: int
+    error: dict | None = None  # set: the operation ends Failed with this error
+    start: str = field(default_factory=_now)
+    end: str = ""  # set when finished
+
+    @property
+    def status(self) -> str:
+        if not self.end:
+            return OPERATION_RUNNING
+        return "Failed" if self.error else "Succeeded"
+
+
+@dataclass(eq=False)
+class FakeRegion:
+    """An Azure region: online endpoint names are unique in it across all workspaces, and its scoring
+    hosts `{name}.{location}.inference.ml.azure.com` reach the workspace that owns the name."""
+    location: str = LOCATION
+    names: dict = field(default_factory=dict)  # endpoint name -> owning workspace scope
+    workspaces: dict = field(default_factory=dict, repr=False)  # workspace scope -> FakeAzureML
+
+    def __post_init__(self):
+        self.lock = threading.RLock()  # SDK pollers call from their own threads
+        self.time_passed = threading.Condition()
+        self.epoch = 0  # bumped whenever a workspace's finish_operations() lets time pass
+
+    def owner(self, endpoint: str) -> "FakeAzureML | None":
+        return self.workspaces.get(self.names.get(endpoint, ""))
+
+    def operation(self, op_id: str):
+        for fake in self.workspaces.values():
+            if op_id in fake.operations:
+                return fake, fake.operations[op_id]
+        return None, None
+
+
+@dataclass(eq=False)
 class FakeAzureML:
     reference: Path
     calls: list = field(default_factory=list)  # (method, path, JSON body or None) of every request
@@ -62,11 +202,34 @@ class FakeAzureML:
     clock: object = lambda: "2026-11-26T00:00:00.0000000+00:00"  # what the service stamps as creation time
     created_at_in_properties: bool = True  # current azure-ai-ml: properties["createdAt"]; older: absent
     endpoint_system_data: bool = True  # ARM's systemData on endpoints (the SDK's creation_context)
-    throttled_deletes: int = 0  # the next N DELETEs answer 429 with Retry-After
-    sticky_deletes: bool = False  # DELETE answers 200 but the endpoint stays (a service that lies)
-    failing_deployments: int = 0  # the next N deployment PUTs are refused, as when the quota runs out
+    throttled_deletes: int = 0  # the next N endpoint DELETEs answer 429 with Retry-After
+    sticky_deletes: bool = False  # endpoint deletion "succeeds" but the endpoint stays (a service that lies)
+    failing_deployments: int = 0  # the next N deployment PUTs are refused up front (400), as when quota runs out
+    # -- where it is ---------------------------------------------------------------------------
+    workspace: str = WORKSPACE
+    resource_group: str = RESOURCE_GROUP
+    subscription: str = SUBSCRIPTION
+    region: FakeRegion | None = field(default=None, repr=False)  # shared by a region's workspaces; default: its own
+    # -- how strict ----------------------------------------------------------------------------
+    lro_polls: int = 2  # polls an operation answers "running" before it ends
+    fail_deployments: int = 0  # the next N deployment creations are accepted, then their operation fails
+    grants: list | None = None  # ARM scope prefixes the caller holds a role on; default [self.scope]
+    slow_answers: int = 0  # the next N scoring requests answer 408 (the model took too long)
+    container_errors: int = 0  # the next N scoring requests answer 424 with a plain-text body
+    # -- what happened -------------------------------------------------------------------------
+    slept: list = field(default_factory=list)  # seconds azure-core asked the transport to sleep
+    operations: dict = field(default_factory=dict)  # operation id -> Operation
 
     def __post_init__(self):
+        self.region = self.region if self.region is not None else FakeRegion()
+        self.location = self.region.location
+        self.scope = (f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/providers/"
+                      f"{PROVIDER}/workspaces/{self.workspace}")
+        self.workspace_id = str(uuid.uuid5(uuid.NAMESPACE_URL, self.scope.lower()))
+        self.grants = list(self.grants) if self.grants is not None else [self.scope]
+        self.region.workspaces[self.scope] = self
+        self._latest_op: dict = {}  # (kind, key) -> id of the last operation started on that resource
+        self._routes = self._route_table()
         for path in sorted(self.reference.glob("*.spec.yaml")):
             spec = yaml.safe_load(path.read_text())
             if spec.get("type") == "pipeline":
@@ -75,20 +238,38 @@ class FakeAzureML:
                 self.registry_models.setdefault(spec["name"], []).append(spec)
         for specs in self.registry_components.values():
             specs.sort(key=lambda s: tuple(int(p) for p in str(s["version"]).split(".")))
+        for specs in self.registry_models.values():
+            specs.sort(key=lambda s: int(s["version"]))
         self.add_compute("gpu-cluster", "STANDARD_NC24ADS_A100_V4")
 
     # -- controls for tests ------------------------------------------------------------------
 
     def add_compute(self, name: str, vm_size: str, state: str = "Succeeded") -> None:
-        self.computes[name] = {"id": f"{WS_SCOPE}/computes/{name}", "name": name, "location": LOCATION,
+        self.computes[name] = {"id": f"{self.scope}/computes/{name}", "name": name, "location": self.location,
                                "type": "Microsoft.MachineLearningServices/workspaces/computes",
                                "properties": {"computeType": "AmlCompute", "provisioningState": state,
-                                              "computeLocation": LOCATION,
+                                              "computeLocation": self.location,
                                               "properties": {"vmSize": vm_size, "vmPriority": "Dedicated",
                                                              "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 1}}}}
 
     def finish_job(self, name: str, status: str = "Completed") -> None:
         self.jobs[name]["properties"]["status"] = status
+
+    def grant(self, scope: str) -> None:
+        """The caller gets a role on `scope` (and everything under it)."""
+        self.grants.append(scope)
+
+    def finish_operations(self) -> None:
+        """Time passes: every pending operation ends (Succeeded, or Failed where set to fail), and the
+        SDK pollers waiting for time to pass poll again."""
+        with self.region.lock:
+            for op in list(self.operations.values()):
+                if not op.end:
+                    op.polls_left = 0
+                    self._complete(op)
+        with self.region.time_passed:
+            self.region.epoch += 1
+            self.region.time_passed.notify_all()
 
     def bodies(self, method: str, path_suffix: str) -> list:
         """The JSON bodies sent with `method` to paths ending in `path_suffix`, in order."""
@@ -100,49 +281,214 @@ class FakeAzureML:
         return s
 
     def transport(self):
+        """azure-core's RequestsTransport on the fake. Its `sleep` (between LRO polls, before retries)
+        records the delay in `slept` and never really sleeps.
+
+        azure-core polls an operation in a background thread ("LROPoller(...)") from the moment
+        `begin_*` returns. Between polls that thread waits for time to pass, and time passes only while
+        a caller waits on a poller (`result()` / `wait()`) or when `finish_operations()` is called: so a
+        caller that never waits leaves its resource Creating, as it would stay for minutes in Azure."""
         from azure.core.pipeline.transport import RequestsTransport
-        return RequestsTransport(session=self.session(), session_owner=False)
+        fake = self
+
+        class NoSleepTransport(RequestsTransport):
+            def sleep(self, duration):
+                fake.slept.append(duration)
+                if threading.current_thread().name.startswith("LROPoller("):
+                    fake._wait_for_time()
+
+        return NoSleepTransport(session=self.session(), session_owner=False)
+
+    def _wait_for_time(self) -> None:
+        region = self.region
+        with region.time_passed:
+            epoch, pause = region.epoch, 0.05
+            while region.epoch == epoch and not _a_caller_waits():
+                region.time_passed.wait(pause)  # a real pause only while nobody waits: a poller left behind
+                pause = min(2 * pause, 1.0)
 
     # -- routing -----------------------------------------------------------------------------
 
     def handle(self, method: str, url: str, headers, body: bytes | None):
+        """(status, body, headers): body a dict/list (JSON), a str (text) or None."""
+        with self.region.lock:
+            return self._handle(method, url, headers, body)
+
+    def _handle(self, method: str, url: str, headers, body: bytes | None):
         parsed = urlparse(url)
-        path = parsed.path
-        data = json.loads(body) if body else None
+        path, host = parsed.path, parsed.netloc
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        data = _parse_body(body)
+        if host.endswith(".inference.ml.azure.com"):  # a scoring URI: the workspace owning the name answers
+            owner = self.region.owner(host.split(".")[0])
+            if owner is not None and owner is not self:
+                return owner.handle(method, url, headers, body)
         self.calls.append((method, path, data))
-        for verb, pattern, fn in self._routes():
-            m = re.fullmatch(pattern, path)
+        if host == ARM_HOST and not _is_operation_url(path):
+            refused = self._authorize(method, path, headers)
+            if refused:
+                return refused
+            other = self._workspace_of(path)
+            if other is not None and other is not self:
+                return other.handle(method, url, headers, body)
+        for verb, pattern, fn in self._routes:
+            m = pattern.fullmatch(path)
             if m and verb == method:
-                return fn(data=data, headers=headers, host=parsed.netloc, **m.groupdict())
+                return fn(data=data, headers=headers, host=host, query=query, **m.groupdict())
         return 404, {"error": {"code": "NoRoute", "message": f"fake Azure ML has no route for {method} {path}"}}
 
-    def _routes(self):
-        ws, reg = re.escape(WS_SCOPE), re.escape(REGISTRY_SCOPE)
-        return [
+    def _route_table(self):
+        ws, reg = re.escape(self.scope), re.escape(REGISTRY_SCOPE)
+        sub = rf"/subscriptions/{re.escape(self.subscription)}/providers/{PROVIDER}/locations/(?P<location>[^/]+)"
+        name, endpoint = r"(?P<name>[^/]+)", ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)"
+        routes = [
+            # registry (public: anyone may read the azureml registry)
             ("GET", r"/registrymanagement/v1\.0/registries/(?P<name>[^/]+)/discovery", self._discovery),
-            ("GET", reg + r"/models/(?P<name>[^/]+)/versions", self._registry_latest("model")),
-            ("GET", reg + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._registry_version("model")),
-            ("GET", reg + r"/components/(?P<name>[^/]+)/versions", self._registry_latest("component")),
-            ("GET", reg + r"/components/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._registry_version("component")),
+            ("GET", reg + rf"/models/{name}/versions", self._registry_versions("model")),
+            ("GET", reg + rf"/models/{name}/versions/(?P<version>[^/]+)", self._registry_version("model")),
+            ("GET", reg + rf"/components/{name}/versions", self._registry_versions("component")),
+            ("GET", reg + rf"/components/{name}/versions/(?P<version>[^/]+)", self._registry_version("component")),
+            # subscription scope
+            ("GET", sub + r"/vmSizes", self._vm_sizes),
+            ("GET", sub + r"/mfeOperationsStatus/(?P<op_id>[^/]+)", self._operation_status),
+            ("GET", sub + r"/mfeOperationResults/(?P<op_id>[^/]+)", self._operation_result),
+            # workspace
             ("GET", ws, self._workspace),
-            ("GET", ws + r"/computes/(?P<name>[^/]+)", self._get("computes")),
-            ("GET", rf"/subscriptions/{SUBSCRIPTION}/providers/Microsoft\.MachineLearningServices/locations/"
-                    rf"(?P<location>[^/]+)/vmSizes", self._vm_sizes),
-            ("GET", ws + r"/jobs/(?P<name>[^/]+)", self._get("jobs")),
-            ("PUT", ws + r"/jobs/(?P<name>[^/]+)", self._put_job),
-            ("GET", ws + r"/models/(?P<name>[^/]+)/versions", self._list_model_versions),
-            ("GET", ws + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._get_model),
-            ("PUT", ws + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", self._put_model),
+            ("GET", ws + rf"/computes/{name}", self._get("computes")),
+            ("GET", ws + rf"/jobs/{name}", self._get("jobs")),
+            ("PUT", ws + rf"/jobs/{name}", self._put_job),
+            ("POST", ws + rf"/jobs/{name}/cancel", self._cancel_job),
+            ("GET", ws + rf"/models/{name}/versions", self._list_model_versions),
+            ("GET", ws + rf"/models/{name}/versions/(?P<version>[^/]+)", self._get_model),
+            ("PUT", ws + rf"/models/{name}/versions/(?P<version>[^/]+)", self._put_model),
             ("GET", ws + r"/onlineEndpoints", self._list_endpoints),
-            ("GET", ws + r"/onlineEndpoints/(?P<name>[^/]+)", self._get("endpoints")),
-            ("PUT", ws + r"/onlineEndpoints/(?P<name>[^/]+)", self._put_endpoint),
-            ("DELETE", ws + r"/onlineEndpoints/(?P<name>[^/]+)", self._delete_endpoint),
-            ("POST", ws + r"/onlineEndpoints/(?P<name>[^/]+)/listKeys", self._list_keys),
-            ("GET", ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)/deployments", self._list_deployments),
-            ("GET", ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/(?P<name>[^/]+)", self._get_deployment),
-            ("PUT", ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/(?P<name>[^/]+)", self._put_deployment),
+            ("GET", ws + rf"/onlineEndpoints/{name}", self._get("endpoints")),
+            ("PUT", ws + rf"/onlineEndpoints/{name}", self._put_endpoint),
+            ("DELETE", ws + rf"/onlineEndpoints/{name}", self._delete_endpoint),
+            ("POST", ws + rf"/onlineEndpoints/{name}/listKeys", self._list_keys),
+            ("GET", endpoint + r"/deployments", self._list_deployments),
+            ("GET", endpoint + rf"/deployments/{name}", self._get_deployment),
+            ("PUT", endpoint + rf"/deployments/{name}", self._put_deployment),
+            ("DELETE", endpoint + rf"/deployments/{name}", self._delete_deployment),
+            # scoring
             ("POST", r"/score", self._score),
         ]
+        return [(verb, re.compile(pattern), fn) for verb, pattern, fn in routes]
+
+    def _workspace_of(self, path: str) -> "FakeAzureML | None":
+        for scope, fake in self.region.workspaces.items():
+            if _under(path, scope):
+                return fake
+        return None
+
+    # -- permissions -------------------------------------------------------------------------
+
+    def _authorize(self, method: str, path: str, headers):
+        if any(_under(path, scope) for scope in self.grants):
+            return None
+        oid = _caller_oid(headers)
+        message = AUTHORIZATION_FAILED.format(oid=oid, action=_arm_action(method, path), scope=path)
+        return 403, {"error": {"code": "AuthorizationFailed", "message": message}}
+
+    # -- long-running operations -------------------------------------------------------------
+
+    def _start(self, kind: str, key, action: str, error: dict | None = None) -> Operation:
+        prefix = {"endpoints": "oeidp", "deployments": "odidp", "jobs": "jobidp"}[kind]
+        op = Operation(id=f"{prefix}:{self.workspace_id}:{uuid.uuid4()}", kind=kind, key=key, action=action,
+                       polls_left=self.lro_polls, error=error)
+        self.operations[op.id] = op
+        self._latest_op[(kind, key)] = op.id
+        return op
+
+    def _operation_url(self, op: Operation, query: dict, results: bool = False) -> str:
+        what = "mfeOperationResults" if results else "mfeOperationsStatus"
+        api = query.get("api-version", "2022-02-01-preview")
+        return (f"{ARM}/subscriptions/{self.subscription}/providers/{PROVIDER}/locations/{self.location}/"
+                f"{what}/{op.id}?api-version={api}")
+
+    def _accepted(self, status: int, resource, op: Operation, query: dict, location: str):
+        """The answer to a PUT/DELETE that started `op`, with the headers ARM sends (as recorded)."""
+        headers = {"Azure-AsyncOperation": self._operation_url(op, query), "Location": location,
+                   "x-ms-async-operation-timeout": ASYNC_TIMEOUT}
+        if isinstance(resource, dict):
+            resource["properties"].setdefault("properties", {})["AzureAsyncOperationUri"] = \
+                self._operation_url(op, query).split("&")[0]
+        return status, resource, headers
+
+    def _resource_url(self, path_suffix: str, query: dict) -> str:
+        return f"{ARM}{self.scope}/{path_suffix}?api-version={query.get('api-version', '2022-02-01-preview')}"
+
+    def _advance(self, op: Operation) -> None:
+        if op.end:
+            return
+        if op.polls_left > 0:
+            op.polls_left -= 1
+        else:
+            self._complete(op)
+
+    def _complete(self, op: Operation) -> None:
+        """The operation ends: apply what it did to its resource (if no later operation replaced it)."""
+        op.end = _now()
+        if self._latest_op.get((op.kind, op.key)) != op.id:
+            return
+        table = {"endpoints": self.endpoints, "deployments": self.deployments, "jobs": self.jobs}[op.kind]
+        resource = table.get(op.key)
+        if resource is None:
+            return
+        props = resource["properties"]
+        if op.kind == "jobs":
+            if props["status"] not in ("Completed", "Failed", "Canceled"):
+                props["status"] = "Canceled"
+        elif op.action == "delete" and not op.error:
+            if op.kind == "endpoints" and self.sticky_deletes:
+                props["provisioningState"] = "Succeeded"
+                for key in [k for k in self.deployments if k[0] == op.key]:
+                    self.deployments[key]["properties"]["provisioningState"] = "Succeeded"
+            else:
+                self._remove(op.kind, op.key)
+        else:
+            props["provisioningState"] = "Failed" if op.error else "Succeeded"
+            if op.kind == "endpoints" and not op.error:
+                props["scoringUri"] = f"https://{op.key}.{self.location}.inference.ml.azure.com/score"
+                props["swaggerUri"] = f"https://{op.key}.{self.location}.inference.ml.azure.com/swagger.json"
+
+    def _remove(self, kind: str, key) -> None:
+        if kind == "deployments":
+            del self.deployments[key]
+            return
+        del self.endpoints[key]
+        self.keys.pop(key, None)
+        if self.region.names.get(key) == self.scope:
+            del self.region.names[key]
+        for dkey in [k for k in self.deployments if k[0] == key]:
+            del self.deployments[dkey]
+
+    def _operation_status(self, op_id, **_):
+        owner, op = self.region.operation(op_id)
+        if op is None:
+            return self._not_found("operation", op_id)
+        owner._advance(op)
+        body = {"id": f"/subscriptions/{owner.subscription}/providers/{PROVIDER}/locations/{owner.location}/"
+                      f"mfeOperationsStatus/{op.id}",
+                "name": op.id, "startTime": op.start, "endTime": op.end or NEVER, "percentComplete": 0.0,
+                "status": op.status}
+        if op.error and op.end:
+            body["error"] = op.error  # ARM's operation status carries the error once Failed
+        return 200, body
+
+    def _operation_result(self, op_id, query, **_):
+        """The Location of a DELETE (or a job cancel): 202 while running, then 204."""
+        owner, op = self.region.operation(op_id)
+        if op is None:
+            return self._not_found("operation", op_id)
+        owner._advance(op)
+        if not op.end:
+            return 202, None, {"Location": owner._operation_url(op, query, results=True)}
+        if op.error:
+            return 200, {"error": op.error}
+        return 204, None
+
+    # -- resources ---------------------------------------------------------------------------
 
     @staticmethod
     def _not_found(kind: str, name: str):
@@ -184,15 +530,26 @@ class FakeAzureML:
             return self.registry_models, self._model_resource
         return self.registry_components, self._component_resource
 
-    def _registry_latest(self, kind: str):
-        def fn(name, **_):  # the SDK asks for `$orderBy=createdtime desc&$top=1`
+    def _registry_versions(self, kind: str):
+        def fn(name, query, **_):
+            # `label="latest"` is this list with `$orderBy=createdtime desc&$top=1` and no listViewType
+            # (azure-ai-ml 1.35 _utils/_asset_utils.py _get_latest -> _registry_utils.list_registry_assets);
+            # the service's default view is ActiveOnly: archived versions are not listed.
             assets, resource = self._registry_assets(kind)
-            specs = assets.get(name)
-            return (200, {"value": [resource(specs[-1])]}) if specs else self._not_found(kind, name)
+            if name not in assets:
+                return self._not_found(kind, name)
+            view = query.get("listViewType", "ActiveOnly")
+            specs = [s for s in assets[name]
+                     if view == "All" or bool(s.get("isArchived", False)) == (view == "ArchivedOnly")]
+            if "desc" in query.get("$orderBy", "createdtime desc"):
+                specs = specs[::-1]
+            if "$top" in query:
+                specs = specs[:int(query["$top"])]
+            return 200, {"value": [resource(s) for s in specs]}
         return fn
 
     def _registry_version(self, kind: str):
-        def fn(name, version, **_):
+        def fn(name, version, **_):  # a pinned version is readable, archived or not
             assets, resource = self._registry_assets(kind)
             for spec in assets.get(name, []):
                 if str(spec["version"]) == version:
@@ -200,13 +557,16 @@ class FakeAzureML:
             return self._not_found(kind, f"{name}:{version}")
         return fn
 
-    # workspace
+    # workspace and subscription
     def _workspace(self, **_):
-        return 200, {"id": WS_SCOPE, "name": WORKSPACE, "location": LOCATION,
+        return 200, {"id": self.scope, "name": self.workspace, "location": self.location,
                      "type": "Microsoft.MachineLearningServices/workspaces", "kind": "Default",
-                     "properties": {"friendlyName": WORKSPACE, "workspaceId": "11111111-2222-3333-4444-555555555555",
-                                    "discoveryUrl": f"https://{LOCATION}.api.azureml.ms/discovery",
-                                    "mlFlowTrackingUri": f"azureml://{LOCATION}.api.azureml.ms/mlflow/v1.0{WS_SCOPE}"},
+                     "properties": {"friendlyName": self.workspace, "workspaceId": self.workspace_id,
+                                    "provisioningState": "Succeeded",
+                                    "discoveryUrl": f"https://{self.location}.api.azureml.ms/discovery",
+                                    "mlFlowTrackingUri": f"azureml://{self.location}.api.azureml.ms/mlflow/v1.0"
+                                                         f"{self.scope}"},
+                     "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
                      "systemData": SYSTEM_DATA}
 
     def _vm_sizes(self, location, **_):
@@ -215,15 +575,27 @@ class FakeAzureML:
                                 "lowPriorityCapable": True, "premiumIO": True,
                                 "supportedComputeTypes": ["AmlCompute"]} for n, g in VM_SIZES.items()]}
 
-    # jobs and models
+    # jobs
     def _put_job(self, name, data, **_):
         if name in self.jobs:  # Azure: a job's definition cannot be changed once created
             return 400, {"error": {"code": "UserError", "message": f"Job {name} already exists; a job cannot be updated"}}
         props = dict(data["properties"], status="NotStarted")
-        self.jobs[name] = {"id": f"{WS_SCOPE}/jobs/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
+        self.jobs[name] = {"id": f"{self.scope}/jobs/{name}", "name": name,
+                           "type": "Microsoft.MachineLearningServices/workspaces/jobs",
                            "properties": props, "systemData": SYSTEM_DATA}
         return 201, self.jobs[name]
 
+    def _cancel_job(self, name, query, **_):
+        """202 + Location (the generated client's begin_cancel polls it); the job ends Canceled."""
+        job = self.jobs.get(name)
+        if job is None:
+            return self._not_found("job", name)
+        if job["properties"]["status"] not in ("Completed", "Failed", "Canceled"):
+            job["properties"]["status"] = "CancelRequested"
+        op = self._start("jobs", name, "cancel")
+        return 202, None, {"Location": self._operation_url(op, query, results=True)}
+
+    # models
     def _list_model_versions(self, name, **_):
         return 200, {"value": [m for (n, _v), m in self.models.items() if n == name]}
 
@@ -232,55 +604,76 @@ class FakeAzureML:
         return (200, item) if item else self._not_found("model", f"{name}:{version}")
 
     def _put_model(self, name, version, data, **_):
+        if not re.fullmatch(r"[1-9][0-9]*", version) or int(version) > MAX_MODEL_VERSION:
+            # The rule: versions of a registered model are positive integers (Azure/azureml-examples#2725)
+            # stored as 32-bit; the wording of the refusal is modeled (no recording of it was found).
+            return _user_error(400, f"Model version '{version}' is invalid: a model version must be a positive "
+                                    f"integer no greater than {MAX_MODEL_VERSION}.")
         props = dict(data["properties"])
         props["flavors"] = props.get("flavors") or {"python_function": {"data": {"loader_module": "mlflow.transformers"}}}
-        self.models[(name, version)] = {"id": f"{WS_SCOPE}/models/{name}/versions/{version}", "name": version,
+        props.setdefault("provisioningState", "Succeeded")
+        status = 200 if (name, version) in self.models else 201  # recorded: 201 for a new version
+        self.models[(name, version)] = {"id": f"{self.scope}/models/{name}/versions/{version}", "name": version,
                                         "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
                                         "properties": props, "systemData": SYSTEM_DATA}
-        return 200, self.models[(name, version)]
+        return status, self.models[(name, version)]
 
-    # endpoints
+    # online endpoints
     def _list_endpoints(self, **_):
         return 200, {"value": list(self.endpoints.values())}
 
-    def _put_endpoint(self, name, data, **_):
+    def _put_endpoint(self, name, data, query, **_):
+        if not ENDPOINT_NAME.fullmatch(name):  # wording modeled
+            return _user_error(400, f"Invalid endpoint name '{name}': 3 to 32 characters, a letter first, then "
+                                    "letters, digits and hyphens, not ending with a hyphen.")
+        owner = self.region.names.get(name)
+        if owner is not None and owner != self.scope:
+            return _user_error(400, NAME_TAKEN)
+        previous = self.endpoints.get(name)
         props = dict(data.get("properties") or {})
-        previous = (self.endpoints.get(name) or {}).get("properties", {}).get("properties", {})
+        kept = (previous or {}).get("properties", {})
         props["properties"] = dict(props.get("properties") or {})
+        props["properties"]["azureml.onlineendpointid"] = f"{self.scope}/onlineEndpoints/{name}".lower()
         if self.created_at_in_properties:
-            props["properties"]["createdAt"] = previous.get("createdAt") or self.clock()
-        props.update(provisioningState="Succeeded",
-                     scoringUri=f"https://{name}.{LOCATION}.inference.ml.azure.com/score",
-                     swaggerUri=f"https://{name}.{LOCATION}.inference.ml.azure.com/swagger.json")
-        self.endpoints[name] = {"id": f"{WS_SCOPE}/onlineEndpoints/{name}", "name": name, "location": LOCATION,
+            props["properties"]["createdAt"] = kept.get("properties", {}).get("createdAt") or self.clock()
+        props.update(provisioningState="Updating" if previous else "Creating",
+                     scoringUri=kept.get("scoringUri"), swaggerUri=kept.get("swaggerUri"),
+                     traffic=props.get("traffic") or {}, mirrorTraffic=props.get("mirrorTraffic") or {},
+                     publicNetworkAccess="Enabled")
+        props.setdefault("description", None)
+        props.setdefault("compute", None)
+        self.endpoints[name] = {"id": f"{self.scope}/onlineEndpoints/{name}", "name": name, "location": self.location,
                                 "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
                                 "tags": data.get("tags") or {}, "kind": "Managed",
                                 "identity": {"type": "SystemAssigned", "principalId": "p", "tenantId": "t"},
                                 "properties": props}
         if self.endpoint_system_data:
             self.endpoints[name]["systemData"] = SYSTEM_DATA
+        self.region.names[name] = self.scope
         self.keys.setdefault(name, secrets.token_hex(16))
-        return 200, self.endpoints[name]
+        op = self._start("endpoints", name, "update" if previous else "create")
+        # Recorded: 201 for a creation and for an update (the traffic PUT of online_deployment_create).
+        return self._accepted(201, self.endpoints[name], op, query,
+                              self._resource_url(f"onlineEndpoints/{name}", query))
 
-    def _delete_endpoint(self, name, **_):
+    def _delete_endpoint(self, name, query, **_):
         if self.throttled_deletes:
             self.throttled_deletes -= 1
-            return 429, {"error": {"code": "TooManyRequests", "message": "Rate limit exceeded"}}
-        if self.sticky_deletes and name in self.endpoints:
-            return 200, None
+            return 429, {"error": {"code": "TooManyRequests", "message": "Rate limit exceeded"}}, {"Retry-After": "7"}
         if name not in self.endpoints:
             return 204, None  # ARM: deleting what is not there succeeds with 204
-        del self.endpoints[name]
-        self.keys.pop(name, None)
+        self.endpoints[name]["properties"]["provisioningState"] = "Deleting"
         for key in [k for k in self.deployments if k[0] == name]:
-            del self.deployments[key]
-        return 200, None
+            self.deployments[key]["properties"]["provisioningState"] = "Deleting"
+        op = self._start("endpoints", name, "delete")
+        return self._accepted(202, None, op, query, self._operation_url(op, query, results=True))
 
     def _list_keys(self, name, **_):
         if name not in self.endpoints:
             return self._not_found("endpoint", name)
         return 200, {"primaryKey": self.keys[name], "secondaryKey": self.keys[name][::-1]}
 
+    # online deployments
     def _list_deployments(self, endpoint, **_):
         if endpoint not in self.endpoints:
             return self._not_found("endpoint", endpoint)
@@ -290,31 +683,155 @@ class FakeAzureML:
         item = self.deployments.get((endpoint, name))
         return (200, item) if item else self._not_found("deployment", f"{endpoint}/{name}")
 
-    def _put_deployment(self, endpoint, name, data, **_):
+    def _put_deployment(self, endpoint, name, data, query, **_):
         if self.failing_deployments:
             self.failing_deployments -= 1
             return 400, {"error": {"code": "OutOfQuota", "message": "Not enough quota available for the instance type"}}
         if endpoint not in self.endpoints:
             return self._not_found("endpoint", endpoint)
-        props = dict(data["properties"], provisioningState="Succeeded")
+        previous = self.deployments.get((endpoint, name))
+        error = None
+        if previous is None and self.fail_deployments:
+            self.fail_deployments -= 1
+            error = DEPLOYMENT_FAILED_ERROR
+        props = dict(data["properties"], provisioningState="Updating" if previous else "Creating")
         props["scaleSettings"] = props.get("scaleSettings") or {"scaleType": "Default"}
+        props.setdefault("endpointComputeType", "Managed")
+        props.setdefault("egressPublicNetworkAccess", "Enabled")
+        sku = dict(data.get("sku") or {"name": "Default", "capacity": 1}, tier="Standard")
         self.deployments[(endpoint, name)] = {
-            "id": f"{WS_SCOPE}/onlineEndpoints/{endpoint}/deployments/{name}", "name": name, "location": LOCATION,
+            "id": f"{self.scope}/onlineEndpoints/{endpoint}/deployments/{name}", "name": name, "location": self.location,
             "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
-            "tags": data.get("tags") or {}, "kind": "Managed", "sku": data.get("sku") or {"name": "Default", "capacity": 1},
-            "properties": props, "systemData": SYSTEM_DATA}
-        return 200, self.deployments[(endpoint, name)]
+            "tags": data.get("tags") or {}, "kind": "Managed", "sku": sku, "properties": props,
+            "systemData": SYSTEM_DATA}
+        op = self._start("deployments", (endpoint, name), "update" if previous else "create", error)
+        # Recorded: 201 for a creation; an update is answered 201 too (as the recorded endpoint update).
+        return self._accepted(201, self.deployments[(endpoint, name)], op, query,
+                              self._resource_url(f"onlineEndpoints/{endpoint}/deployments/{name}", query))
 
+    def _delete_deployment(self, endpoint, name, query, **_):
+        if (endpoint, name) not in self.deployments:
+            return 204, None
+        if (self.endpoints[endpoint]["properties"].get("traffic") or {}).get(name):
+            # A deployment that carries live traffic cannot be deleted (Azure docs, safe rollout);
+            # the wording is modeled.
+            return _user_error(400, f"Deployment {name} of endpoint {endpoint} has live traffic: set its traffic "
+                                    "to 0 before deleting it.")
+        self.deployments[(endpoint, name)]["properties"]["provisioningState"] = "Deleting"
+        op = self._start("deployments", (endpoint, name), "delete")
+        return self._accepted(202, None, op, query, self._operation_url(op, query, results=True))
+
+    # scoring
     def _score(self, host, headers, data, **_):
+        """A managed online endpoint's scoring URI, in the order its frontdoor and container check."""
         name = host.split(".")[0]
-        if name not in self.endpoints or not self.deployments:
-            return 404, {"error": {"code": "NotFound", "message": f"no endpoint {name}"}}
-        if headers.get("Authorization") != f"Bearer {self.keys[name]}":
-            return 401, {"message": "key auth failed"}
-        messages = ((data or {}).get("input_data") or {}).get("input_string")
-        if not messages:
-            return 400, {"message": "input_data.input_string is required"}
-        return 200, {"output": self.reply}
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            return 404, f"No endpoint {name} in this region" + HELP_LINE
+        auth = headers.get("Authorization") or ""
+        if not auth.startswith("Bearer ") or not auth[len("Bearer "):].strip():
+            return 401, KEY_HEADER_BAD
+        if auth[len("Bearer "):] not in (self.keys[name], self.keys[name][::-1]):
+            return 401, KEY_DENIED
+        deployment = headers.get("azureml-model-deployment")
+        if deployment is None:
+            traffic = {d: w for d, w in (endpoint["properties"].get("traffic") or {}).items() if w > 0}
+            if not traffic:
+                return 404, NO_DEPLOYMENT
+            deployment = max(traffic, key=traffic.get)
+        target = self.deployments.get((name, deployment))
+        if target is None:
+            return 404, f"Deployment {deployment} not found for endpoint {name}" + HELP_LINE
+        routed = {"azureml-model-deployment": deployment}
+        if target["properties"]["provisioningState"] != "Succeeded":
+            return 503, NOT_READY, routed
+        if self.slow_answers:
+            self.slow_answers -= 1
+            return 408, SCORE_TIMEOUT, routed
+        failed = dict(routed, **{"ms-azureml-model-error-statuscode": "500",
+                                 "ms-azureml-model-error-reason": "model_error"})
+        if self.container_errors:
+            self.container_errors -= 1
+            return 424, CONTAINER_ERROR, failed
+        if not _seed_shape(data):
+            # The container reads input_data.input_string as a list of conversations and renders each
+            # one through the chat template; a flat list of turns (dicts, not lists) makes run() raise,
+            # the inference server answers 500 and the frontdoor turns that into 424 ("Model Error": any
+            # non-200 from the container). So 424, not 400, whatever the container said.
+            return 424, CONTAINER_ERROR, failed
+        return 200, {"output": self.reply}, routed
+
+
+def _a_caller_waits() -> bool:
+    """Whether some thread (the test's, or a worker of the code under test) is blocked in an azure-core
+    LROPoller's result() or wait()."""
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        while ident != me and frame is not None:
+            code = frame.f_code
+            if code.co_name in ("result", "wait") and code.co_filename.endswith(os.path.join("polling", "_poller.py")):
+                return True
+            frame = frame.f_back
+    return False
+
+
+def _seed_shape(data) -> bool:
+    """{"input_data": {"input_string": [conversation], "parameters": {...}}, "params": {}} with one
+    conversation: a non-empty list of {"role": str, "content": str}."""
+    if not isinstance(data, dict) or not isinstance(data.get("input_data"), dict):
+        return False
+    inner = data["input_data"]
+    conversations = inner.get("input_string")
+    if not isinstance(conversations, list) or len(conversations) != 1:
+        return False
+    [conversation] = conversations
+    if not isinstance(conversation, list) or not conversation:
+        return False
+    turns_ok = all(isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
+                   for t in conversation)
+    return turns_ok and isinstance(inner.get("parameters", {}), dict) and isinstance(data.get("params", {}), dict)
+
+
+def _parse_body(body: bytes | None):
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+
+
+def _under(path: str, scope: str) -> bool:
+    path, scope = path.lower().rstrip("/"), scope.lower().rstrip("/")
+    return path == scope or path.startswith(scope + "/")
+
+
+def _is_operation_url(path: str) -> bool:
+    """ARM's operation URLs are signed (t/c/s/h in the recorded query) and polled by whoever started
+    the operation, whatever their role at subscription scope."""
+    return "/mfeOperationsStatus/" in path or "/mfeOperationResults/" in path
+
+
+def _arm_action(method: str, path: str) -> str:
+    """'Microsoft.MachineLearningServices/workspaces/onlineEndpoints/write' for a PUT of an endpoint."""
+    parts = path.strip("/").split("/")
+    try:
+        i = [p.lower() for p in parts].index("providers")
+    except ValueError:
+        return f"Microsoft.Resources/subscriptions/{'read' if method == 'GET' else 'write'}"
+    rest = parts[i + 1:]
+    types = [rest[0]] + rest[1::2]  # namespace, then every other segment is a type (the others are names)
+    verb = {"GET": "read", "PUT": "write", "PATCH": "write", "DELETE": "delete"}.get(method, "action")
+    return "/".join(types + [verb])  # POST .../listKeys -> .../listKeys/action
+
+
+def _caller_oid(headers) -> str:
+    auth = (headers or {}).get("Authorization") or ""
+    try:
+        import jwt
+        return jwt.decode(auth.split(" ", 1)[1], options={"verify_signature": False}).get("oid") or "unknown"
+    except Exception:  # noqa: BLE001 - no token or not a JWT: ARM would say 401; the caller is "unknown"
+        return "unknown"
 
 
 class FakeCredential:
@@ -322,10 +839,12 @@ class FakeCredential:
     (azure-ai-ml checks the audience and reads the caller's ids when it submits a pipeline job).
     Unsigned in spirit: nothing but the fake ever sees them."""
 
+    OID = "22222222-0000-0000-0000-000000000001"
+
     def _token(self, scopes) -> str:
         import jwt
         resource = scopes[0].removesuffix("/.default") if scopes else "https://management.azure.com"
-        claims = {"aud": resource, "oid": "22222222-0000-0000-0000-000000000001", "upn": "tuneflow@example.com",
+        claims = {"aud": resource, "oid": self.OID, "upn": "tuneflow@example.com",
                   "tid": "33333333-0000-0000-0000-0000000000aa", "exp": int(time.time()) + 3600}
         return jwt.encode(claims, "fake-azure-ml-test-signing-key-32b", algorithm="HS256")
 
@@ -338,6 +857,11 @@ class FakeCredential:
         return AccessTokenInfo(self._token(scopes), int(time.time()) + 3600)
 
 
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 409: "Conflict", 424: "Failed Dependency",
+            429: "Too Many Requests", 503: "Service Unavailable"}
+
+
 class _Adapter(BaseAdapter):
     def __init__(self, fake: FakeAzureML):
         super().__init__()
@@ -345,18 +869,20 @@ class _Adapter(BaseAdapter):
 
     def send(self, request, **kwargs):
         body = request.body.encode() if isinstance(request.body, str) else request.body
-        status, payload = self.fake.handle(request.method, request.url, request.headers, body)
+        status, payload, *extra = self.fake.handle(request.method, request.url, request.headers, body)
         response = requests.Response()
-        data = b"" if payload is None else json.dumps(payload).encode()
+        if isinstance(payload, str):
+            data, content_type = payload.encode(), "text/plain; charset=utf-8"
+        else:
+            data, content_type = (b"" if payload is None else json.dumps(payload).encode()), "application/json; charset=utf-8"
         response.status_code, response._content, response._content_consumed = status, data, True
         response.raw = io.BytesIO(data)
-        response.headers["content-type"] = "application/json; charset=utf-8"
+        response.headers["content-type"] = content_type
         response.headers["x-ms-request-id"] = secrets.token_hex(8)
-        if status == 429:
-            response.headers["Retry-After"] = "7"
+        for name, value in (extra[0] if extra else {}).items():
+            response.headers[name] = value
         response.url, response.request, response.encoding = request.url, request, "utf-8"
-        response.reason = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-                           404: "Not Found"}.get(status, "")
+        response.reason = _REASONS.get(status, "")
         return response
 
     def close(self):

@@ -92,7 +92,7 @@ def test_the_seeds_retired_models_are_refused_naming_an_active_one(model):
 
 
 def test_a_model_the_registry_does_not_list_is_refused_naming_an_active_one():
-    with pytest.raises(BaseModelUnusable, match="not in registry azureml.*TUNEFLOW_BASE_MODEL=Phi-4"):
+    with pytest.raises(BaseModelUnusable, match="no active version in registry azureml.*TUNEFLOW_BASE_MODEL=Phi-4"):
         submitted(driver(base_model="Phi-2"), base_model="Phi-2")
 
 

@@ -107,7 +107,7 @@ NO_LIST = ModelFacts.from_metadata("custom", "1")
     (phi4, "serverless", "Standard_NC48ads_A100_v4", "Succeeded", {"standard_nc48ads_a100_v4": 2}, 2),
     (phi4, "gpu", A100, "failed", {A100: 1}, "provisioning state Failed"),
     (phi4, "gpu", "Standard_NC6s_v3", "Succeeded", {"Standard_NC6s_v3": 1}, "cannot be fine-tuned on"),
-    (phi4, "gpu", A100, "Succeeded", {}, "no GPUs"),
+    (phi4, "gpu", A100, "Succeeded", {}, "not a GPU size tuneflow knows"),
     (lambda: NO_LIST, "gpu", "Standard_NC24r", "Succeeded", {"Standard_NC24r": 4}, "does not support"),
     (lambda: NO_LIST, "gpu", "Standard_NC6s_v3", "Succeeded", {"Standard_NC6s_v3": 1}, 1),
     (phi4, "serverless", "", "Succeeded", {}, "TUNEFLOW_AML_FINETUNE_SKU"),
@@ -118,6 +118,15 @@ def test_finetune_compute_checks(facts, compute, size, state, sizes, outcome):
     else:
         with pytest.raises(ComputeUnusable, match=outcome):
             check_finetune(facts(), compute, size, state, sizes)
+
+
+@pytest.mark.parametrize("file", sorted(p.name for p in (REFERENCE / "azureml").glob("*.spec.yaml")
+                                         if "pipeline" not in p.name))
+def test_every_fine_tune_size_a_model_allows_has_a_known_gpu_count(file):
+    """GPU counts come from a table (list_sizes is a subscription-scope call the app may not make)."""
+    from shared.compute import GPU_COUNTS
+    facts = ModelFacts.from_spec(reference_spec(file))
+    assert facts.finetune_skus and all(s.lower() in GPU_COUNTS for s in facts.finetune_skus), facts.finetune_skus
 
 
 def test_inference_size_outside_the_allow_list_is_refused_unless_overridden():

@@ -44,3 +44,36 @@ def test_the_local_stand_in_drops_a_repeated_message_id(storage_env):
         bus.use(None)
     bodies = [m.content for m in storage.queue("deployments").receive_messages(max_messages=32)]
     assert sorted(DeployRequest.parse(b).model_version for b in bodies) == ["42", "43"]
+
+
+# -- which identity the SDK clients use ----------------------------------------------------------
+
+def _send(namespace):
+    bus.use(None)
+    bus.send("deployments", REQUEST.to_json(), REQUEST.message_id)
+
+
+def _dead_letters(namespace):
+    from shared.deadletters import ServiceBusDeadLetters
+    ServiceBusDeadLetters("deployments", namespace)._client()
+
+
+@pytest.mark.parametrize("client", [_send, _dead_letters])
+@pytest.mark.parametrize("client_id, expected", [
+    (None, {}),  # unset: DefaultAzureCredential's own choice (AZURE_CLIENT_ID) must stand
+    ("", {}),
+    ("0f0e0d0c-0000-4000-8000-00000000abcd", {"managed_identity_client_id": "0f0e0d0c-0000-4000-8000-00000000abcd"}),
+])
+def test_the_client_id_setting_is_passed_only_when_set(monkeypatch, client, client_id, expected):
+    from unittest import mock
+    made = []
+    monkeypatch.setattr("azure.identity.DefaultAzureCredential", lambda **kwargs: made.append(kwargs) or object())
+    monkeypatch.setattr("azure.servicebus.ServiceBusClient", mock.MagicMock())
+    monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-0000-4000-8000-0000000000ee")
+    monkeypatch.setenv("ServiceBusConnection__fullyQualifiedNamespace", "sb-tuneflow.servicebus.windows.net")
+    if client_id is None:
+        monkeypatch.delenv("ServiceBusConnection__clientId", raising=False)
+    else:
+        monkeypatch.setenv("ServiceBusConnection__clientId", client_id)
+    client("sb-tuneflow.servicebus.windows.net")
+    assert made == [{"exclude_interactive_browser_credential": True, **expected}]

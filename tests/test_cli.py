@@ -192,6 +192,8 @@ def test_submit_dry_run_prints_the_pipeline_job(tmp_path, component):
     assert inputs["train_file_path"]["type"] == "uri_file" and inputs["train_file_path"]["path"].endswith(train)
     assert inputs["mlflow_model_path"]["path"] == "azureml://registries/azureml/models/Phi-4/versions/8"
     assert "learning_rate_min" not in inputs and "learning_rate_min" in res.stderr  # dropped, and said so
+    # only what tuneflow says: no azure-ai-ml "This is an experimental class" chatter
+    assert [line for line in res.stderr.splitlines() if not line.startswith("note: ")] == [], res.stderr
     again = tuneflow("submit", "--dry-run", "--train", train, "--test", test,
                      "--model-spec", str(REFERENCE / "azureml" / "phi-4.spec.yaml"),
                      "--component-spec", str(REFERENCE / "azureml" / component),
@@ -222,10 +224,26 @@ def test_submit_dry_run_errors_are_one_line(tmp_path, change, words):
     if "param" in change:
         args += ["--param", change["param"]]
     res = tuneflow(*args)
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert res.returncode == 1 and res.stdout == "" and len(lines) == 1, res.stderr
+    lines = res.stderr.splitlines()  # the error is the first line, and the only one (no SDK chatter before it)
+    assert res.returncode == 1 and res.stdout == "" and len(lines) == 1 and lines[0].startswith("error:"), res.stderr
     assert words in lines[0]
 
+
+
+def test_sdk_quiet_drops_only_the_experimental_warnings_and_only_inside(caplog):
+    import logging
+
+    from shared.sdk_quiet import EXPERIMENTAL_LOGGER, sdk_quiet
+    experimental, other = logging.getLogger(EXPERIMENTAL_LOGGER), logging.getLogger("azure.ai.ml.other")
+    with caplog.at_level(logging.WARNING):
+        with sdk_quiet():
+            experimental.warning("Class A: This is an experimental class")
+            with sdk_quiet():
+                experimental.warning("Class B: This is an experimental class")
+            experimental.warning("Class C: This is an experimental class")  # still inside the outer block
+            other.warning("a real SDK warning")
+        experimental.warning("Class D: This is an experimental class")
+    assert [r.getMessage() for r in caplog.records] == ["a real SDK warning", "Class D: This is an experimental class"]
 
 def test_explain_event_says_what_job_events_would_do(tmp_path):
     from tests.conftest import reference_events

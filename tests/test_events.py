@@ -1,8 +1,10 @@
 """Decisions on the published event shapes (../shared/reference/events)."""
 
+import copy
+
 import pytest
 
-from shared.events import InvalidEvent, decide, normalize
+from shared.events import InvalidEvent, decide, explain_all, normalize
 from tests.conftest import reference_events
 
 
@@ -34,7 +36,7 @@ def test_flow_id_comes_from_run_tags():
 
 
 @pytest.mark.parametrize("status, action", [("Running", "ignore"), ("NotStarted", "ignore"), ("Failed", "record-failure"),
-                                            ("Canceled", "record-failure"), ("Completed", "ignore"), (None, "ignore")])
+                                            ("Canceled", "record-failure"), ("Completed", "register"), (None, "ignore")])
 def test_status_changes(status, action):
     event = _first("ml-pipeline-run-failed.eventgrid.json")
     event = {**event, "data": {**event["data"], "runStatus": status}}
@@ -53,3 +55,103 @@ def test_runs_of_other_tools_are_ignored():
 def test_malformed_events_are_refused(raw):
     with pytest.raises(InvalidEvent):
         normalize(raw)
+
+
+# -- as Azure publishes them -------------------------------------------------------------------
+# The RunStatusChanged sample of the Event Grid page "Azure Machine Learning as an Event Grid
+# source" (MicrosoftDocs/azure-docs, articles/event-grid/event-schema-machine-learning.md), its
+# long AutoML runProperties cut to one: `runType` null, `runTags` empty, `"runStatus": "failed"`
+# in lower case. Older versions of the same page spell the data keys in PascalCase.
+PUBLISHED_STATUS_CHANGED = {
+    "topic": "/subscriptions/{subscription-id}/resourceGroups/{resource-group-name}/providers/"
+             "Microsoft.MachineLearningServices/workspaces/{workspace-name}",
+    "subject": "experiments/0fa9dfaa-cba3-4fa7-b590-23e48548f5c1/runs/AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5",
+    "eventType": "Microsoft.MachineLearningServices.RunStatusChanged",
+    "eventTime": "2017-06-26T18:41:00.9584103Z",
+    "id": "831e1650-001e-001b-66ab-eeb76e069631",
+    "data": {
+        "experimentId": "0fa9dfaa-cba3-4fa7-b590-23e48548f5c1",
+        "experimentName": "automl-local-regression",
+        "runId": "AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5",
+        "runType": None,
+        "runTags": {},
+        "runProperties": {"runTemplate": "automl_child"},
+        "runStatus": "failed",
+    },
+    "dataVersion": "",
+    "metadataVersion": "1",
+}
+PUBLISHED_JOB = PUBLISHED_STATUS_CHANGED["data"]["runId"]
+OUR_TAGS = {"managed-by": "tuneflow", "flow-id": "c0ffee01-0000-4000-8000-000000000003"}
+
+
+def published(event_type="RunStatusChanged", status="failed", pascal=False, ours=True, run_type=None,
+              runsource="azureml.PipelineRun", data_version=""):
+    """The published sample, as one of our pipeline runs (tags, runsource) unless told otherwise."""
+    event = copy.deepcopy(PUBLISHED_STATUS_CHANGED)
+    event["eventType"] = f"Microsoft.MachineLearningServices.{event_type}"
+    event["dataVersion"] = data_version
+    data = event["data"]
+    data["runType"] = run_type
+    if ours:
+        data["runTags"] = dict(OUR_TAGS)
+        data["runProperties"]["azureml.runsource"] = runsource
+    if event_type == "RunCompleted":
+        del data["runStatus"]
+    else:
+        data["runStatus"] = status
+    if pascal:
+        event["data"] = {key[0].upper() + key[1:]: value for key, value in data.items()}
+    return event
+
+
+@pytest.mark.parametrize("event, action, status, words", [
+    # the sample exactly as published: not one of our runs (no tags, AutoML child) -> ignored
+    (published(ours=False), "ignore", "", "not a pipeline run"),
+    (published(ours=False, pascal=True), "ignore", "", "not a pipeline run"),
+    # our pipeline run, runType null, recognised by runProperties' azureml.runsource
+    (published(), "record-failure", "Failed", "pipeline run failed"),
+    (published(pascal=True), "record-failure", "Failed", "pipeline run failed"),
+    (published(status="FAILED"), "record-failure", "Failed", "pipeline run failed"),
+    (published(status="canceled"), "record-failure", "Canceled", "pipeline run canceled"),
+    (published(status="Canceled", pascal=True), "record-failure", "Canceled", "pipeline run canceled"),
+    (published(status="completed"), "register", "Completed", "completed"),
+    (published(status="Completed", pascal=True), "register", "Completed", "completed"),
+    (published(status="running"), "ignore", "running", "not terminal"),
+    (published(status="NotStarted", pascal=True), "ignore", "NotStarted", "not terminal"),
+    (published(event_type="RunCompleted"), "register", "Completed", "completed"),
+    (published(event_type="RunCompleted", pascal=True), "register", "Completed", "completed"),
+    # runType names the pipeline run, in any case; runsource then does not matter
+    (published(run_type="azureml.pipelinerun", runsource="HTTP"), "record-failure", "Failed", "failed"),
+    (published(run_type="azureml.PipelineRun", runsource="HTTP", pascal=True), "record-failure", "Failed", "failed"),
+    # a step of our pipeline, by either field, is still not the pipeline run
+    (published(run_type="azureml.StepRun", runsource="azureml.StepRun"), "ignore", "", "not a pipeline run"),
+    (published(runsource="azureml.StepRun", pascal=True), "ignore", "", "not a pipeline run"),
+    # dataVersion as Event Grid may set it
+    (published(data_version="2"), "record-failure", "Failed", "failed"),
+    (published(event_type="RunCompleted", data_version="2", pascal=True), "register", "Completed", "completed"),
+])
+def test_published_event_shapes(event, action, status, words):
+    decision = decide(normalize(event))
+    assert (decision.action, decision.status) == (action, status), decision
+    assert words in decision.reason
+    if action != "ignore":
+        assert (decision.job, decision.flow_id) == (PUBLISHED_JOB, OUR_TAGS["flow-id"])
+
+
+def test_pascal_case_step_run_still_names_its_parent():
+    event = _first("ml-step-run-completed.eventgrid.json")
+    event = {**event, "data": {key[0].upper() + key[1:]: value for key, value in event["data"].items()}}
+    decision = decide(normalize(event))
+    assert decision.action == "ignore" and "ft-ultrachat-3f9a1c2b" in decision.reason
+
+
+def test_explain_all_reads_a_completion_reported_by_both_event_types_once():
+    completed = published(event_type="RunCompleted")
+    changed = {**published(status="Completed", pascal=True), "id": "second-event"}
+    late_failure = {**published(status="failed"), "id": "third-event"}
+    out = explain_all([completed, changed, late_failure])
+    assert [o["action"] for o in out] == ["register", "ignore", "ignore"]
+    assert "same outcome reported again" in out[1]["reason"] and "stale" in out[2]["reason"]
+    first = explain_all([changed, completed])
+    assert [o["action"] for o in first] == ["register", "ignore"]

@@ -49,3 +49,77 @@ def test_an_unknown_backend_is_named(monkeypatch):
     with pytest.raises(ValueError) as exc:
         get_backend()
     assert "'local' or 'azure'" in str(exc.value)
+
+
+# -- the scoring contract: the seed's body, and only that --------------------------------------
+
+TURNS = [{"role": "user", "content": "Tell me about volcanoes."}, {"role": "assistant", "content": "Hot."},
+         {"role": "user", "content": "More."}]
+
+
+def _body(input_string) -> dict:
+    return {"input_data": {"input_string": input_string, "parameters": {"max_new_tokens": 5}}, "params": {}}
+
+
+def test_the_smoke_test_sends_the_seeds_body():
+    from shared.scoring import request_body
+    body = request_body(TURNS)
+    assert body["input_data"]["input_string"] == [TURNS]  # a list holding one conversation
+    assert body["input_data"]["parameters"] == {"temperature": 0.6, "top_p": 0.9, "do_sample": True,
+                                                "max_new_tokens": 200}
+
+
+@pytest.fixture(scope="module")
+def scoring_url():
+    """The scoring server of local/scoring.py on a free port, a stand-in for the model behind it."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from local.scoring import make_handler
+
+    class EchoChat:
+        def generate(self, messages, params):
+            return f"{len(messages)} turns, last: {messages[-1]['content']}"
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(EchoChat(), "k3y"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/score"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _request_body(turns):
+    from shared.scoring import request_body
+    return request_body(turns, {"max_new_tokens": 5})
+
+
+@pytest.mark.parametrize("body, status, answer", [
+    (_request_body(TURNS), 200, "3 turns, last: More."),  # what the smoke test, `tuneflow chat` and the demo send
+    (_body([TURNS[:1]]), 200, "1 turns, last: Tell me about volcanoes."),
+    (_body(TURNS), 400, "flat list of turns: wrap the conversation in a list"),
+    (_body(TURNS[:1]), 400, "flat list of turns"),
+    (_body([TURNS, TURNS]), 400, "holds 2 conversations: send one per request"),
+    (_body([]), 400, "a list holding one conversation"),
+    (_body([[]]), 400, "non-empty list of messages"),
+    (_body("hi"), 400, "a list holding one conversation"),
+    (_body([[{"role": "robot", "content": "x"}]]), 400, "system|user|assistant"),
+    ({"input_string": [TURNS]}, 400, "body must be"),
+])
+def test_the_local_endpoint_accepts_exactly_the_seeds_body(scoring_url, body, status, answer):
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(scoring_url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer k3y"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            got = resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        got = exc.code, json.loads(exc.read())
+    assert got[0] == status, got
+    if status == 200:
+        assert got[1] == {"output": answer}
+    else:
+        assert answer in got[1]["error"] and len(got[1]["error"].splitlines()) == 1, got

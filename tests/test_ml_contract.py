@@ -47,15 +47,18 @@ class LocalDriver:
 class AzureDriver:
     name = "azure"
 
-    def __init__(self):
+    def __init__(self, region=None, workspace: str = ""):
+        """`region` (a FakeRegion) is shared by the workspaces of one Azure region."""
         from shared.ml.azure import AzureConfig, AzureWorkspace
         from tests.azure_fake import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML, FakeCredential
-        self.fake = FakeAzureML(REFERENCE / "azureml")
-        config = AzureConfig(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, registry="azureml", base_model="Phi-4",
+        workspace = workspace or WORKSPACE
+        self.fake = FakeAzureML(REFERENCE / "azureml", workspace=workspace, region=region)
+        config = AzureConfig(SUBSCRIPTION, RESOURCE_GROUP, workspace, registry="azureml", base_model="Phi-4",
                              component_version="", compute="serverless", finetune_sku="", inference_sku="",
                              inference_override=False, datastore="tuneflow_prepared")
         self.backend = AzureWorkspace(config, credential=FakeCredential(), transport=self.fake.transport(),
-                                      now=lambda: datetime(2026, 11, 26, tzinfo=timezone.utc))
+                                      now=lambda: datetime(2026, 11, 26, tzinfo=timezone.utc),
+                                      sleep=lambda s: self.fake.finish_operations())  # time passes while it waits
 
     def spec(self, name: str, with_data: bool = True) -> JobSpec:
         return JobSpec(name=name, experiment="chat_completion_Phi-4", display_name=name, base_model="Phi-4",

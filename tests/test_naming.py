@@ -48,11 +48,32 @@ def test_names_are_deterministic_and_depend_on_every_input():
 
 @pytest.mark.parametrize("model", ["phi-3-tiny-ultrachat", "Phi-3-mini-4k-instruct-ultrachat-200k", "9" * 80,
                                    "---", "a", "Ünïcode-model", "x_y.z"])
-@pytest.mark.parametrize("version", ["1", "4294967295"])
+@pytest.mark.parametrize("version", ["1", "2147483647"])
 def test_endpoint_names_follow_azure_rules(model, version):
-    name = naming.endpoint_name(model, version)
+    name = naming.endpoint_name(model, version, "sub/rg/ws")
     assert AZURE_ENDPOINT.match(name), name
     assert 3 <= len(name) <= 32
+
+
+def test_endpoint_names_differ_per_workspace_and_ignore_its_case():
+    """Azure makes online endpoint names unique per region across workspaces: dev and prod in one
+    region deploying the same model version must not compute the same name."""
+    dev = naming.endpoint_name("Phi-4-ultrachat", "7", "sub/rg-dev/ws")
+    assert dev != naming.endpoint_name("Phi-4-ultrachat", "7", "sub/rg-prod/ws")
+    assert dev == naming.endpoint_name("Phi-4-ultrachat", "7", "SUB/RG-DEV/WS")
+
+
+@pytest.mark.parametrize("job", ["ft-a-00000000", "ft-ultrachat-ffffffff", *(f"ft-x-{i:08x}" for i in range(300))])
+def test_model_versions_are_positive_32_bit_integers(job):
+    version = naming.model_version(job)
+    assert version.isdigit() and 1 <= int(version) <= 2**31 - 1, version
+    assert version == naming.model_version(job)
+
+
+def test_model_versions_use_the_whole_range():
+    """A version taken from 32 bits of the hash reached 4,294,967,295; Azure ML refuses past 2**31 - 1."""
+    versions = [int(naming.model_version(f"ft-x-{i:08x}")) for i in range(2000)]
+    assert max(versions) > 2**30 and len(set(versions)) == len(versions)
 
 
 def test_ignored_blobs():

@@ -18,7 +18,7 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = if (createWorkspace) 
   // checkov:skip=CKV_AZURE_109: the workspace's own vault; network rules follow the workspace, which is public without a VNet.
   // checkov:skip=CKV_AZURE_189: same: public network access is needed without private endpoints.
   // checkov:skip=CKV_AZURE_42: soft delete is on (enableSoftDelete: true); checkov does not read the properties of a conditional (`if`) resource: the same vault without the condition passes.
-  // checkov:skip=CKV_AZURE_110: purge protection is on (enablePurgeProtection: true); same checkov limitation with conditional resources.
+  // checkov:skip=CKV_AZURE_110: purge protection is deliberately off: `azd down --purge` purges only vaults without it, so with it the next `azd up` of the same environment fails on the soft-deleted name; the vault holds no secret of ours (identity-based datastores, RBAC only).
   name: keyVaultName
   location: location
   tags: tags
@@ -27,7 +27,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = if (createWorkspace) 
     sku: { family: 'A', name: 'standard' }
     enableRbacAuthorization: true
     enableSoftDelete: true
-    enablePurgeProtection: true
+    // enablePurgeProtection is left unset (off). Key Vault refuses `false` for it, and once on it
+    // cannot be turned off, so `azd down --purge` could never purge this name again.
     softDeleteRetentionInDays: 7
   }
 }
@@ -71,5 +72,7 @@ resource datastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024
 
 output workspaceName string = name
 output workspaceId string = createWorkspace ? created.id : existing.id
+@description('The workspace\'s default storage account (where the fine-tune writes its MLflow model output).')
+output storageAccountId string = createWorkspace ? storageAccountId : existing.properties.storageAccount
 output workspacePrincipalId string = createWorkspace ? created.identity.principalId : existing.identity.principalId
 output datastoreName string = datastoreName

@@ -30,4 +30,5 @@ resource deployments 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview'
 }
 
 output name string = namespace.name
+output queueName string = deployments.name
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'

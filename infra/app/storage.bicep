@@ -1,11 +1,14 @@
 // The app's storage account: datasets in, prepared data out, flow records, the reaper's state,
-// the app package; the trigger queues. Shared-key access is off: every client uses Entra ID.
+// the app package, Event Grid's dead letters; the trigger queues. Shared-key access is off: every
+// client uses Entra ID.
 param name string
 param location string
 param tags object
 param deploymentContainer string
+@description('Where Event Grid writes events it could not deliver (after the retry policy of infra/app/event-subscriptions.bicep).')
+param deadLetterContainer string = 'eventgrid-deadletters'
 
-var containers = ['datasets', 'prepared', 'flows', 'reaper', deploymentContainer]
+var containers = ['datasets', 'prepared', 'flows', 'reaper', deadLetterContainer, deploymentContainer]
 var queues = ['finetune-requests', 'finetune-requests-poison']
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -61,3 +64,4 @@ output name string = account.name
 output blobEndpoint string = account.properties.primaryEndpoints.blob
 output queueEndpoint string = account.properties.primaryEndpoints.queue
 output preparedContainer string = 'prepared'
+output deadLetterContainer string = deadLetterContainer

@@ -19,18 +19,20 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
 from shared import settings
-from shared.compute import SERVERLESS, FinetuneCompute, check_finetune, check_inference
-from shared.contracts import DEPLOYMENT_NAME
+from shared.compute import SERVERLESS, FinetuneCompute, check_finetune, check_inference, gpu_counts
+from shared.contracts import DEPLOYMENT_NAME, TAG_BASE_MODEL
 from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError, ModelRef,
-                            NotConfigured, NotFound, Throttled)
+                            NameTaken, NotConfigured, NotFound, NotReady, ServiceTimeout, Throttled)
 from shared.modelspec import ACTIVE_ALTERNATIVE, BaseModelUnusable, ModelFacts, preflight
 from shared import pipeline
+from shared.sdk_quiet import sdk_quiet
 
 log = logging.getLogger("tuneflow.azureml")
 
@@ -39,6 +41,11 @@ COMPONENT = "chat_completion_pipeline"
 # The seed's deployment settings: the model server needs minutes to load the weights.
 LIVENESS_INITIAL_DELAY_S = 600
 REQUEST_TIMEOUT_MS = 90_000
+TRANSITIONAL = ("Creating", "Updating", "Deleting")
+FAILED = ("Failed", "Canceled")
+# How long deploy waits for a deployment an earlier attempt left `Creating` (then the message is retried).
+WAIT_S = 30 * 60
+POLL_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class AzureConfig:
     inference_sku: str  # "" = the model's first recommended inference size
     inference_override: bool
     datastore: str
+    finetune_gpus: int = 0  # GPUs of the fine-tune size when compute.GPU_COUNTS lacks it
 
     @classmethod
     def from_settings(cls) -> "AzureConfig":
@@ -70,15 +78,18 @@ class AzureConfig:
                    compute=settings.get("TUNEFLOW_AML_COMPUTE"), finetune_sku=settings.get("TUNEFLOW_AML_FINETUNE_SKU"),
                    inference_sku=settings.get("TUNEFLOW_INFERENCE_SKU"),
                    inference_override=settings.get_bool("TUNEFLOW_INFERENCE_SKU_OVERRIDE"),
-                   datastore=settings.get("TUNEFLOW_AML_DATASTORE"))
+                   datastore=settings.get("TUNEFLOW_AML_DATASTORE"),
+                   finetune_gpus=settings.get_int("TUNEFLOW_AML_FINETUNE_GPUS", 0))
 
 
 @contextlib.contextmanager
 def azure_errors(what: str):
-    """Azure SDK exceptions as the interface's: one line, saying what to change."""
+    """Azure SDK exceptions as the interface's: one line, saying what to change (and none of the SDK's
+    experimental-class chatter printed meanwhile)."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
     try:
-        yield
+        with sdk_quiet():
+            yield
     except ResourceNotFoundError as exc:
         raise NotFound(f"{what}: not found ({_first_line(exc)})") from None
     except ClientAuthenticationError as exc:
@@ -111,11 +122,18 @@ class AzureWorkspace:
     """MLBackend on an Azure ML workspace. `transport` is for tests (azure-core transport doubles)."""
 
     def __init__(self, config: AzureConfig | None = None, credential=None, transport=None,
-                 now: Callable[[], datetime] | None = None):
+                 now: Callable[[], datetime] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 wait_s: float = WAIT_S):
         self.config = config or AzureConfig.from_settings()
         self._credential, self._transport = credential, transport
         self._now = now or (lambda: datetime.now(timezone.utc))
+        self._sleep, self._wait_s = sleep, wait_s
         self._ws_client = self._registry_client = None
+
+    @property
+    def workspace_id(self) -> str:
+        c = self.config
+        return f"{c.subscription_id}/{c.resource_group}/{c.workspace}".lower()
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -152,17 +170,31 @@ class AzureWorkspace:
 
     def base_model(self, name: str | None = None) -> ModelFacts:
         """The registry's latest version of the base model, refused if it can no longer be fine-tuned."""
-        name = name or self.config.base_model
+        facts = self._latest_model_facts(name or self.config.base_model)
+        preflight(facts, self._now())
+        return facts
+
+    def _latest_model_facts(self, name: str) -> ModelFacts:
+        """The registry's latest active version. With every version archived, azure-ai-ml raises its own
+        ValidationException for `label="latest"` (no ResourceNotFoundError): both mean "not usable"."""
+        from azure.ai.ml.exceptions import ValidationException
         try:
             with azure_errors(f"base model {name} in registry {self.config.registry}"):
                 model = self.registry.models.get(name, label="latest")
-        except NotFound:
-            raise BaseModelUnusable(f"base model {name} is not in registry {self.config.registry} (archived models "
-                                    f"are not listed): set TUNEFLOW_BASE_MODEL={ACTIVE_ALTERNATIVE} or another "
-                                    f"active chat-completion model") from None
-        facts = ModelFacts.from_entity(model, **self._registry_extras(name, str(model.version)))
-        preflight(facts, self._now())
-        return facts
+        except (NotFound, ValidationException):
+            raise BaseModelUnusable(f"base model {name} has no active version in registry {self.config.registry} "
+                                    f"(archived models are not listed): set TUNEFLOW_BASE_MODEL={ACTIVE_ALTERNATIVE} "
+                                    f"or another active chat-completion model") from None
+        return ModelFacts.from_entity(model, **self._registry_extras(name, str(model.version)))
+
+    def _model_facts(self, model_id: str) -> ModelFacts:
+        """Facts of one pinned registry version (`azureml://registries/<r>/models/<name>/versions/<v>`), archived
+        or not: deploying a model already trained must not depend on its base model still being fine-tunable."""
+        parts = model_id.split("/")
+        name, version = parts[-3], parts[-1]
+        with azure_errors(f"base model {name}:{version} in registry {self.config.registry}"):
+            model = self.registry.models.get(name, version=version)
+        return ModelFacts.from_entity(model, **self._registry_extras(name, version))
 
     def _registry_extras(self, name: str, version: str) -> dict:
         """`isArchived` and the system metadata (allow-lists, retirement dates) of a registry model.
@@ -182,19 +214,18 @@ class AzureWorkspace:
                           f"(TUNEFLOW_AML_COMPONENT_VERSION)"):
             return self.registry.components.get(COMPONENT, **label)
 
-    def gpu_sizes(self) -> dict[str, int]:
-        with azure_errors("VM sizes of the workspace's region"):
-            return {s.name: int(s.gpus or 0) for s in self.ws.compute.list_sizes()}
-
     def finetune_compute(self, facts: ModelFacts) -> FinetuneCompute:
+        """The seed's compute checks. GPU counts come from a table, not `compute.list_sizes()`: that is a
+        subscription-scope call the app's workspace-only role is refused (see shared/compute.py)."""
         c = self.config
         if c.compute == SERVERLESS:
             sku = c.finetune_sku or (facts.finetune_skus[0] if facts.finetune_skus else "")
-            return check_finetune(facts, SERVERLESS, sku, "Succeeded", self.gpu_sizes())
+            return check_finetune(facts, SERVERLESS, sku, "Succeeded", gpu_counts(c.finetune_gpus, sku))
         with azure_errors(f"compute cluster {c.compute} (TUNEFLOW_AML_COMPUTE)"):
             cluster = self.ws.compute.get(c.compute)
-        return check_finetune(facts, c.compute, str(getattr(cluster, "size", "") or ""),
-                              _text(cluster.provisioning_state), self.gpu_sizes(), "TUNEFLOW_AML_COMPUTE")
+        size = str(getattr(cluster, "size", "") or "")
+        return check_finetune(facts, c.compute, size, _text(cluster.provisioning_state),
+                              gpu_counts(c.finetune_gpus, size), "TUNEFLOW_AML_COMPUTE")
 
     def datastore_uri(self, prepared_uri: str) -> str:
         """`prepared/<dataset>/<version>/train.jsonl` on the datastore that points at the `prepared` container."""
@@ -208,10 +239,11 @@ class AzureWorkspace:
         compute = self.finetune_compute(facts)
         params = pipeline.resolve(pipeline.component_inputs(component), facts.specific_defaults, spec.params)
         display = pipeline.display_name(facts.name, params.values, compute.gpus)
-        job = pipeline.build_job(component, name=spec.name, experiment=spec.experiment, model_id=facts.id,
-                                 compute=compute, train_uri=self.datastore_uri(spec.train_uri),
-                                 test_uri=self.datastore_uri(spec.test_uri), params=params.values,
-                                 display=display, tags=spec.tags)
+        with sdk_quiet():
+            job = pipeline.build_job(component, name=spec.name, experiment=spec.experiment, model_id=facts.id,
+                                     compute=compute, train_uri=self.datastore_uri(spec.train_uri),
+                                     test_uri=self.datastore_uri(spec.test_uri), params=params.values,
+                                     display=display, tags={**spec.tags, TAG_BASE_MODEL: facts.id})
         return job, params
 
     # -- jobs --------------------------------------------------------------------------------
@@ -268,8 +300,20 @@ class AzureWorkspace:
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    def inference_sku(self) -> str:
-        facts = self.base_model()
+    def inference_sku(self, model: ModelRef | None = None) -> str:
+        """TUNEFLOW_INFERENCE_SKU, or the first size the base model recommends, checked against its allow-list.
+
+        The facts come from the very registry version the model was fine-tuned from (its `base-model`
+        tag), read without the fine-tune preflight: an archived or retired base model must not stop the
+        deployment of models already trained from it."""
+        base_id = (model.tags if model else {}).get(TAG_BASE_MODEL, "")
+        try:
+            facts = self._model_facts(base_id) if base_id else self._latest_model_facts(self.config.base_model)
+        except (BaseModelUnusable, NotFound) as exc:
+            if self.config.inference_sku:  # the operator named the size: no allow-list left to check it against
+                log.warning("deploying on %s unchecked: %s", self.config.inference_sku, exc)
+                return self.config.inference_sku
+            raise NotConfigured(f"{exc}; to deploy anyway, set TUNEFLOW_INFERENCE_SKU") from None
         sku = self.config.inference_sku or (facts.inference_skus[0] if facts.inference_skus else "")
         if not sku:
             raise NotConfigured(f"{facts.name} names no inference size: set TUNEFLOW_INFERENCE_SKU")
@@ -277,23 +321,48 @@ class AzureWorkspace:
         return sku
 
     def deploy(self, endpoint: str, model: ModelRef, tags: dict) -> EndpointInfo:
-        """Endpoint (with its tags, so the reaper sees it at once), deployment, then 100 % traffic.
+        """Endpoint (with its tags, so the reaper sees it at once), a `Succeeded` deployment, then 100 % traffic.
 
         A redelivery after a crash or a timeout half-way resumes where the last attempt stopped (the
-        endpoint keeps the tags, and so the expiry, it was created with); only a complete endpoint
-        raises AlreadyExists."""
-        from azure.ai.ml.entities import (ManagedOnlineDeployment, ManagedOnlineEndpoint, OnlineRequestSettings,
-                                          ProbeSettings)
+        endpoint keeps the tags, and so the expiry, it was created with): a deployment still `Creating`
+        is waited for, a `Failed` one is deleted and created again, and traffic only ever goes to a
+        `Succeeded` one. Only a complete endpoint raises AlreadyExists."""
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
         online = self._online_endpoint(endpoint)
-        if online is not None and (online.traffic or {}).get(DEPLOYMENT_NAME) == 100:
+        if online is not None and (online.traffic or {}).get(DEPLOYMENT_NAME) == 100 \
+                and self._deployment_state(endpoint) == "Succeeded":
             raise AlreadyExists(f"endpoint {endpoint} already exists")
-        sku = self.inference_sku()
+        sku = self.inference_sku(model)
         if online is None:
             online = ManagedOnlineEndpoint(name=endpoint, auth_mode="key", tags=tags,
                                            description=f"{model.name}:{model.version}, deployed by tuneflow")
-            with azure_errors(f"creating endpoint {endpoint}"):
+            with azure_errors(f"creating endpoint {endpoint}"), self._endpoint_name_errors(endpoint):
                 self.ws.online_endpoints.begin_create_or_update(online).result()
-        if not self._has_deployment(endpoint):
+        online = self._wait(f"endpoint {endpoint}", lambda: self._endpoint_entity(endpoint))
+        if _text(online.provisioning_state) != "Succeeded":
+            raise MLError(f"endpoint {endpoint} is {_text(online.provisioning_state)}: it is deleted and created "
+                          f"again on the next delivery")
+        self._succeeded_deployment(endpoint, model, sku)
+        if (online.traffic or {}).get(DEPLOYMENT_NAME) != 100:
+            online.traffic = {DEPLOYMENT_NAME: 100}
+            with azure_errors(f"routing traffic of {endpoint}"):
+                self.ws.online_endpoints.begin_create_or_update(online).result()
+        return self.get_endpoint(endpoint)
+
+    def _succeeded_deployment(self, endpoint: str, model: ModelRef, sku: str) -> None:
+        """Leave the deployment `Succeeded`: wait for one in progress, replace a failed one, create a missing one."""
+        from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
+        state = self._deployment_state(endpoint)
+        if state in TRANSITIONAL:
+            log.info("deployment %s of %s is %s (an earlier attempt): waiting", DEPLOYMENT_NAME, endpoint, state)
+            state = _text(self._wait(f"deployment {DEPLOYMENT_NAME} of {endpoint}",
+                                     lambda: self._deployment_entity(endpoint)).provisioning_state)
+        if state in FAILED:
+            log.warning("deployment %s of %s is %s: deleting it and deploying again", DEPLOYMENT_NAME, endpoint, state)
+            with azure_errors(f"deleting failed deployment {DEPLOYMENT_NAME} of {endpoint}"):
+                self.ws.online_deployments.begin_delete(name=DEPLOYMENT_NAME, endpoint_name=endpoint).result()
+            state = None
+        if state is None:
             deployment = ManagedOnlineDeployment(
                 name=DEPLOYMENT_NAME, endpoint_name=endpoint, model=f"azureml:{model.name}:{model.version}",
                 instance_type=sku, instance_count=1,
@@ -301,10 +370,36 @@ class AzureWorkspace:
                 request_settings=OnlineRequestSettings(request_timeout_ms=REQUEST_TIMEOUT_MS))
             with azure_errors(f"deploying {model.name}:{model.version} to {endpoint} on {sku} (TUNEFLOW_INFERENCE_SKU)"):
                 self.ws.online_deployments.begin_create_or_update(deployment).result()
-        online.traffic = {DEPLOYMENT_NAME: 100}
-        with azure_errors(f"routing traffic of {endpoint}"):
-            self.ws.online_endpoints.begin_create_or_update(online).result()
-        return self.get_endpoint(endpoint)
+            state = self._deployment_state(endpoint)
+        if state != "Succeeded":
+            raise MLError(f"deployment {DEPLOYMENT_NAME} of {endpoint} is {state}, not Succeeded: no traffic routed; "
+                          f"the next delivery deploys it again")
+
+    def _wait(self, what: str, get):
+        """Poll `get()` until its provisioning state is no longer transitional; NotReady past the deadline."""
+        waited = 0.0
+        while True:
+            entity = get()
+            state = _text(entity.provisioning_state)
+            if state not in TRANSITIONAL:
+                return entity
+            if waited >= self._wait_s:
+                raise NotReady(f"{what} is still {state} after {int(waited)} s: retry later")
+            self._sleep(POLL_S)
+            waited += POLL_S
+
+    @contextlib.contextmanager
+    def _endpoint_name_errors(self, endpoint: str):
+        """Online endpoint names are unique per Azure region, across every workspace: another workspace's
+        endpoint of the same name is refused, and no retry can change that."""
+        from azure.core.exceptions import HttpResponseError
+        try:
+            yield
+        except HttpResponseError as exc:
+            if _name_taken(exc):
+                raise NameTaken(f"endpoint name {endpoint} is already used in this Azure region by another workspace "
+                                f"({_first_line(exc)}): delete that endpoint, or deploy from another region") from None
+            raise
 
     def _endpoint_entity(self, name: str):
         """azure-ai-ml's endpoint; NotFound when there is none."""
@@ -317,13 +412,16 @@ class AzureWorkspace:
         except NotFound:
             return None
 
-    def _has_deployment(self, endpoint: str) -> bool:
+    def _deployment_entity(self, endpoint: str):
+        with azure_errors(f"deployment {DEPLOYMENT_NAME} of {endpoint}"):
+            return self.ws.online_deployments.get(name=DEPLOYMENT_NAME, endpoint_name=endpoint)
+
+    def _deployment_state(self, endpoint: str) -> str | None:
+        """The deployment's provisioning state, None when there is none."""
         try:
-            with azure_errors(f"deployment {DEPLOYMENT_NAME} of {endpoint}"):
-                self.ws.online_deployments.get(name=DEPLOYMENT_NAME, endpoint_name=endpoint)
-            return True
+            return _text(self._deployment_entity(endpoint).provisioning_state)
         except NotFound:
-            return False
+            return None
 
     def get_endpoint(self, name: str) -> EndpointInfo:
         return self._endpoint_info(self._endpoint_entity(name))
@@ -341,30 +439,57 @@ class AzureWorkspace:
 
     def _endpoint_info(self, endpoint) -> EndpointInfo:
         """Creation time from `properties["createdAt"]` (current azure-ai-ml), else the system data, else
-        unknown; deployments with their size and state (what the reaper and its cost report need)."""
+        unknown; every deployment (with or without traffic: one still `Creating` keeps its endpoint from
+        looking empty) with its size, state and share of the live traffic."""
         created_at = (endpoint.properties or {}).get("createdAt") or ""
         context = getattr(endpoint, "creation_context", None)
         if not created_at and context is not None and getattr(context, "created_at", None):
             created_at = context.created_at
         if hasattr(created_at, "isoformat"):
             created_at = created_at.isoformat()
+        traffic = endpoint.traffic or {}
         with azure_errors(f"deployments of endpoint {endpoint.name}"):
             deployments = tuple(
                 DeploymentInfo(name=d.name, instance_type=str(d.instance_type or ""), instance_count=int(d.instance_count or 0),
-                               provisioning_state=_text(d.provisioning_state))
-                for d in self.ws.online_deployments.list(endpoint_name=endpoint.name)
-                if (endpoint.traffic or {}).get(d.name))
+                               provisioning_state=_text(d.provisioning_state), traffic=int(traffic.get(d.name) or 0))
+                for d in self.ws.online_deployments.list(endpoint_name=endpoint.name))
         return EndpointInfo(name=endpoint.name, tags=dict(endpoint.tags or {}),
                             provisioning_state=_text(endpoint.provisioning_state), created_at=str(created_at),
                             scoring_uri=endpoint.scoring_uri or "", deployments=deployments)
 
     def invoke(self, endpoint: str, body: dict) -> object:
+        """Score through azure-ai-ml, whose errors at the scoring URI are not ARM's: a 401 there is the
+        endpoint refusing its key (not a sign-in failure), a 408 a model still loading (worth a retry;
+        `ServiceRequestTimeoutError`, or an `MlException` when the front end's body is plain text), any
+        other non-JSON error body from the container an `MlException`."""
+        from azure.ai.ml.exceptions import MlException
+        from azure.core.exceptions import (ClientAuthenticationError, ServiceRequestTimeoutError,
+                                           ServiceResponseTimeoutError)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(body, f)
+        what = f"invoking endpoint {endpoint}"
         try:
-            with azure_errors(f"invoking endpoint {endpoint}"):
-                answer = self.ws.online_endpoints.invoke(endpoint_name=endpoint, request_file=f.name,
-                                                         deployment_name=DEPLOYMENT_NAME)
+            with azure_errors(what):
+                try:
+                    answer = self.ws.online_endpoints.invoke(endpoint_name=endpoint, request_file=f.name,
+                                                             deployment_name=DEPLOYMENT_NAME)
+                except (ServiceRequestTimeoutError, ServiceResponseTimeoutError) as exc:
+                    raise ServiceTimeout(f"{what}: no answer in time ({_first_line(exc)}); the model may still be "
+                                         f"loading") from None
+                except ClientAuthenticationError as exc:
+                    if _at_arm(exc):
+                        raise
+                    raise MLError(f"{what}: the endpoint refused its key (401): it may have been regenerated "
+                                  f"meanwhile; retry") from None
+                except MlException as exc:  # a non-JSON error body: the SDK keeps the text, not the status
+                    text = _first_line(exc).lower()
+                    if "request timeout" in text:  # a 408 from the endpoint's front end
+                        raise ServiceTimeout(f"{what}: no answer in time ({_first_line(exc)}); the model may "
+                                             f"still be loading") from None
+                    if "key_auth_access_denied" in text:  # the 401 of a key-auth endpoint, as plain text
+                        raise MLError(f"{what}: the endpoint refused its key (401, {_first_line(exc)}): it may "
+                                      f"have been regenerated meanwhile; retry") from None
+                    raise MLError(f"{what}: the scoring container failed: {_first_line(exc)}") from None
         finally:
             os.unlink(f.name)
         try:
@@ -376,3 +501,18 @@ class AzureWorkspace:
         self._endpoint_entity(name)  # NotFound, as the local backend (without listing its deployments)
         with azure_errors(f"deleting endpoint {name}"):
             self.ws.online_endpoints.begin_delete(name=name).result()
+
+
+def _at_arm(exc) -> bool:
+    """Whether an SDK error came from Azure Resource Manager (not from an endpoint's scoring URI)."""
+    request = getattr(getattr(exc, "response", None), "request", None)
+    return "management.azure.com" in str(getattr(request, "url", "") or "management.azure.com")
+
+
+def _name_taken(exc) -> bool:
+    """Azure's answer to an online endpoint name another workspace of the region holds: 400 UserError
+    "There is already an endpoint with this name, Endpoint name needs to be unique within a region."""
+    code = str(getattr(getattr(exc, "error", None), "code", "") or "")
+    text = f"{code} {exc}".lower()
+    return exc.status_code in (400, 409) and any(
+        phrase in text for phrase in ("unique within a region", "already an endpoint with this name"))

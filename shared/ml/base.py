@@ -28,6 +28,19 @@ class NotConfigured(MLError):
     pass
 
 
+class ServiceTimeout(MLError):
+    """The service (an endpoint still loading its model) did not answer in time: worth retrying."""
+
+
+class NameTaken(MLError):
+    """A name Azure makes unique beyond this workspace (online endpoints: per region) is held elsewhere.
+    Retrying cannot help: the flow records it and stops."""
+
+
+class NotReady(MLError):
+    """A resource is still being created or updated by an earlier attempt: retry later, change nothing."""
+
+
 class Throttled(MLError):
     """The service asked us to slow down; `retry_after` is its hint in seconds (0: none given)."""
 
@@ -70,7 +83,8 @@ class DeploymentInfo:
     name: str
     instance_type: str
     instance_count: int
-    provisioning_state: str
+    provisioning_state: str  # Creating | Updating | Succeeded | Failed | Deleting
+    traffic: int = 0  # percent of the endpoint's live traffic
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,8 @@ class EndpointInfo:
 
 
 class MLBackend(Protocol):
+    workspace_id: str  # what makes endpoint names unique beyond one workspace (Azure: per region)
+
     def submit(self, spec: JobSpec) -> JobInfo: ...
     def get_job(self, name: str) -> JobInfo: ...
     def register_model(self, name: str, version: str, job: str, tags: dict) -> ModelRef: ...

@@ -109,6 +109,8 @@ def spawn(module: str, arg: Path, log: Path, **env: str) -> int:
 
 
 class LocalWorkspace:
+    workspace_id = "local"  # endpoint names need only be unique on this machine
+
     def __init__(self, state_dir: Path):
         self.root = Path(state_dir)
         self.jobs = self.root / "jobs"
@@ -253,7 +255,7 @@ class LocalWorkspace:
         if state == "Succeeded" and not pid_alive(server.get("pid")):
             state = "Failed"  # the process is gone: the endpoint no longer serves
         deployment = DeploymentInfo(name=DEPLOYMENT_NAME, instance_type="local-cpu", instance_count=1,
-                                    provisioning_state=state)
+                                    provisioning_state=state, traffic=100 if state == "Succeeded" else 0)
         uri = f"http://127.0.0.1:{server['port']}/score" if server.get("port") else ""
         return EndpointInfo(name=name, tags=record["tags"], provisioning_state=state,
                             created_at=record["created_at"], scoring_uri=uri, deployments=(deployment,))
