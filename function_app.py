@@ -4,14 +4,12 @@ Heavy libraries (azure-ai-ml, torch, transformers, mlflow, pyarrow) are imported
 code that needs them: the worker imports this file, and so every function, at cold start.
 """
 
-import logging
-
 import azure.functions as func
 
 from functions import data_arrival, deploy, job_events, reaper, submit
-from shared.observability import FlowIdFilter
+from shared.observability import install_flow_ids
 
-logging.getLogger().addFilter(FlowIdFilter())
+install_flow_ids()  # every log record, of any logger, carries its invocation's flow id
 
 app = func.FunctionApp()
 for module in (data_arrival, submit, job_events, deploy, reaper):

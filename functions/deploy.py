@@ -6,7 +6,7 @@ from shared import storage
 from shared.contracts import DEPLOY_QUEUE, FLOWS_CONTAINER, PREPARED_CONTAINER
 from shared.deployment import handle_deploy
 from shared.ml import get_backend
-from shared.observability import bind_flow
+from shared.observability import bind_flow, new_invocation
 
 bp = func.Blueprint()
 
@@ -14,6 +14,7 @@ bp = func.Blueprint()
 @bp.function_name("deploy")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name=DEPLOY_QUEUE, connection="ServiceBusConnection")
 def deploy(msg: func.ServiceBusMessage) -> None:
+    new_invocation()
     from shared.messages import DeployRequest  # pydantic: imported on the first message, not at start-up
     request = DeployRequest.parse(msg.get_body())  # invalid -> raises -> redelivered, then dead-lettered
     bind_flow(request.flow_id)

@@ -225,30 +225,31 @@ def _now(text: str | None):
 
 
 def _read_inventory(path: Path):
-    """Endpoints as `tuneflow endpoints list --json` writes them."""
-    from shared.ml.base import DeploymentInfo, EndpointInfo
+    """Endpoints as `tuneflow endpoints list --json` writes them, validated against the reaper's own
+    dataclasses (one TypeAdapter: the error names the field path)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.ml.base import EndpointInfo
     try:
-        items = json.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"--inventory {path} does not exist") from None
-    except ValueError as exc:
-        raise UsageError(f"--inventory {path} is not JSON ({exc}): give the output of `tuneflow endpoints list --json`") from None
-    if not isinstance(items, list):
-        raise UsageError(f"--inventory {path} must be a JSON list of endpoints (`tuneflow endpoints list --json`)")
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise UsageError(f"--inventory {path}: item {i} is not an endpoint object with a name")
-        tags = item.get("tags") if isinstance(item.get("tags"), dict) else {}
-        deployments = tuple(
-            DeploymentInfo(name=str(d.get("name", "")), instance_type=str(d.get("instance_type") or ""),
-                           instance_count=int(d.get("instance_count") or 0),
-                           provisioning_state=str(d.get("provisioning_state") or ""))
-            for d in (item.get("deployments") or []) if isinstance(d, dict))
-        out.append(EndpointInfo(name=item["name"], tags={str(k): str(v) for k, v in tags.items()},
-                                provisioning_state=str(item.get("provisioning_state") or ""),
-                                created_at=str(item.get("created_at") or ""), deployments=deployments))
-    return out
+    try:
+        return TypeAdapter(list[EndpointInfo]).validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        fix = "give the output of `tuneflow endpoints list --json`"
+        if first["type"] == "json_invalid":
+            raise UsageError(f"--inventory {path} is not JSON ({first['msg']}): {fix}") from None
+        if not first["loc"]:
+            raise UsageError(f"--inventory {path} must be a JSON list of endpoints: {fix}") from None
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise UsageError(f"--inventory {path}: {_field_path(first['loc'])}: {first['msg']}{more}: {fix}") from None
+
+
+def _field_path(loc: tuple) -> str:
+    """pydantic's error location as a path: (2, 'tags', 'expires-at') -> endpoints[2].tags.expires-at"""
+    return "endpoints" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
 def cmd_dead_letters(args) -> int:
@@ -257,6 +258,11 @@ def cmd_dead_letters(args) -> int:
     if args.action == "requeue":
         if not args.id:
             raise UsageError("give the message id: `tuneflow dead-letters list` shows them")
+        if not deadletters.service_bus_namespace():  # local: Service Bus sends go to the stand-in
+            from local.servicebus import ServiceBusStandIn
+            from shared import bus
+            from shared.settings import StorageConnection
+            bus.use(ServiceBusStandIn(StorageConnection.from_env()).send)
         letter = deadletters.requeue(args.id)
         console.print(f"requeued {letter.id} to {letter.source}")
         return 0

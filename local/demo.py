@@ -45,7 +45,7 @@ def _flows():
 
 
 def _parse(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(ts).timestamp()
 
 
 def _view(started: float, times: dict[str, float], status, note: str) -> Table:

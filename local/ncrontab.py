@@ -1,102 +1,132 @@
-"""NCRONTAB schedules as the Functions timer trigger reads them: six fields, seconds first.
+"""NCRONTAB schedules as the Functions timer trigger reads them, for the local host.
 
-`{second} {minute} {hour} {day} {month} {day-of-week}`; each field is `*`, a number, a range
-`a-b`, a step `*/n` or `a-b/n`, or a comma list of those. Day-of-week 0-6 (Sunday = 0, 7 also
-Sunday). As in cron, when both day fields are restricted a time matches either. Times are UTC
-(WEBSITE_TIME_ZONE is not supported by the local host).
+Stands in for NCrontab (atifaziz/NCrontab) as the timer extension uses it (CronSchedule.TryCreate in
+Azure/azure-webjobs-sdk-extensions): six fields with seconds first, or five fields (no seconds,
+second 0). The fields are parsed here with NCrontab's grammar and its refusals; croniter
+(`day_or=False`) finds the occurrences. Rules, as NCrontab has them:
+
+- a field is `*`, a value, a range `a-b` (reversed ends are swapped: `5-2` is `2-5`), or any of
+  those with a step (`*/n`, `a-b/n`, `a/n` = from a to the maximum); a comma list of those;
+  a step below 1 counts as 1 (`*/0` is `*`);
+- values are numbers, or for month and day-of-week a name or any prefix of it, in any case
+  (`Jan`, `january`, `Augu`, `Mon`, `W` = Wednesday); day-of-week is 0-6, Sunday = 0 (7 is refused);
+- a time matches when day-of-month AND day-of-week match (cron ORs them; NCrontab does not);
+- nothing else: `?`, `L`, `W` after a day, `#`, `H` and out-of-range values are refused.
+
+Times are UTC (WEBSITE_TIME_ZONE is not supported by the local host). Only the local host imports
+this module (croniter is a local-only dependency).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-_FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12),
-           ("day-of-week", 0, 7))
-FORMAT = "six fields, seconds first: '{second} {minute} {hour} {day} {month} {day-of-week}', e.g. '0 */5 * * * *'"
+FORMAT = ("NCRONTAB, six fields with seconds first '{second} {minute} {hour} {day} {month} {day-of-week}' "
+          "(e.g. '0 */5 * * * *') or five without seconds; each field *, a value, a range a-b, a step */n or a-b/n, "
+          "or a comma list; day-of-week 0-6 (Sunday = 0) or names (Mon), months 1-12 or names (Jan)")
+
+# Returned by next_after for a schedule that never fires (e.g. '0 0 0 31 2 *'), as NCrontab returns
+# DateTime.MaxValue: the timer waits for ever.
+NEVER = datetime.max.replace(tzinfo=timezone.utc)
+
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")
+_DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+# (name, min, max, value names) in six-field order
+_FIELDS = (("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None), ("day", 1, 31, None),
+           ("month", 1, 12, _MONTHS), ("day-of-week", 0, 6, _DAYS))
+_INT32_MAX = 2**31 - 1
+_STEP = re.compile(r"[+-]?[0-9]+")  # .NET int.Parse accepts a sign
 
 
 class InvalidSchedule(ValueError):
     pass
 
 
-def _parse_field(text: str, name: str, low: int, high: int) -> frozenset[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        step = 1
-        if "/" in part:
-            part, step_text = part.split("/", 1)
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise InvalidSchedule(f"{name} step {step_text!r} is not a positive number")
-            step = int(step_text)
-        if part == "*":
-            start, end = low, high
-        elif "-" in part:
-            a, b = part.split("-", 1)
-            if not (a.isdigit() and b.isdigit()):
-                raise InvalidSchedule(f"{name} range {part!r} is not 'a-b'")
-            start, end = int(a), int(b)
-        elif part.isdigit():
-            start = end = int(part)
-            if step != 1:
-                end = high
+class _Refused(Exception):
+    pass
+
+
+def _value(text: str, low: int, names) -> int:
+    if not text:
+        raise _Refused("an empty value")
+    if text[0] in "0123456789":
+        if not (text.isascii() and text.isdigit()) or int(text) > _INT32_MAX:
+            raise _Refused(f"{text!r} is not a number")
+        return int(text)
+    for i, name in enumerate(names or ()):
+        if name.lower().startswith(text.lower()):
+            return low + i
+    raise _Refused(f"{text!r} is not a number" + (f" or a name ({', '.join(n[:3] for n in names)})" if names else ""))
+
+
+def _field(text: str, low: int, high: int, names) -> set[int]:
+    if "," in text:
+        return set().union(*(_field(part, low, high, names) for part in text.split(",")))
+    step = None
+    slash = text.find("/")
+    if slash > 0:
+        step_text, text = text[slash + 1:], text[:slash]
+        if not _STEP.fullmatch(step_text) or abs(int(step_text)) > _INT32_MAX:
+            raise _Refused(f"step {step_text!r} is not a number")
+        step = int(step_text)
+    if text == "*":
+        start, end = low, high
+    else:
+        dash = text.find("-")
+        if dash > 0:
+            start, end = _value(text[:dash], low, names), _value(text[dash + 1:], low, names)
         else:
-            raise InvalidSchedule(f"{name} value {part!r} is not a number, range or '*'")
-        if not (low <= start <= high and low <= end <= high and start <= end):
-            raise InvalidSchedule(f"{name} {part!r} is outside {low}-{high}")
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
+            start = _value(text, low, names)
+            end = start if step is None else high
+        start, end = min(start, end), max(start, end)
+        for v in (start, end):
+            if not low <= v <= high:
+                raise _Refused(f"{v} is outside {low}-{high}")
+    return set(range(start, end + 1, max(step or 1, 1)))
+
+
+def _cron_field(values: set[int], low: int, high: int) -> str:
+    return "*" if values == set(range(low, high + 1)) else ",".join(map(str, sorted(values)))
 
 
 @dataclass(frozen=True)
 class Schedule:
-    seconds: frozenset[int]
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    days_restricted: bool
-    weekdays_restricted: bool
+    expression: str
+    cron: str  # the same schedule for croniter: six fields, seconds first, explicit values
 
     @classmethod
     def parse(cls, expression: str) -> "Schedule":
-        fields = expression.split()
-        if len(fields) != 6:
-            raise InvalidSchedule(f"schedule {expression!r} has {len(fields)} fields: use {FORMAT}")
-        try:
-            parsed = [_parse_field(f, name, lo, hi) for f, (name, lo, hi) in zip(fields, _FIELDS)]
-        except InvalidSchedule as exc:
-            raise InvalidSchedule(f"schedule {expression!r}: {exc}; use {FORMAT}") from None
-        weekdays = frozenset(d % 7 for d in parsed[5])
-        return cls(*parsed[:5], weekdays, fields[3] != "*", fields[5] != "*")
-
-    def _day_matches(self, t: datetime) -> bool:
-        weekday = (t.weekday() + 1) % 7  # Python: Monday=0; cron: Sunday=0
-        day_ok, wd_ok = t.day in self.days, weekday in self.weekdays
-        if self.days_restricted and self.weekdays_restricted:
-            return day_ok or wd_ok
-        return day_ok and wd_ok
+        tokens = [t for t in expression.split(" ") if t]
+        if len(tokens) not in (5, 6):
+            raise InvalidSchedule(f"schedule {expression!r} has {len(tokens)} fields; use {FORMAT}")
+        if len(tokens) == 5:
+            tokens.insert(0, "0")
+        parts = []
+        for token, (name, low, high, names) in zip(tokens, _FIELDS):
+            try:
+                parts.append(_cron_field(_field(token, low, high, names), low, high))
+            except _Refused as exc:
+                raise InvalidSchedule(f"schedule {expression!r}: {name} {token!r}: {exc}; use {FORMAT}") from None
+        return cls(expression, " ".join(parts))
 
     def next_after(self, moment: datetime) -> datetime:
-        """The first matching time strictly after `moment` (UTC, whole seconds)."""
-        t = moment.astimezone(timezone.utc).replace(microsecond=0) + timedelta(seconds=1)
-        limit = t + timedelta(days=366 * 5)
-        while t < limit:
-            if t.month not in self.months:
-                t = (t.replace(day=1, hour=0, minute=0, second=0) + timedelta(days=32)).replace(day=1)
-                continue
-            if not self._day_matches(t):
-                t = t.replace(hour=0, minute=0, second=0) + timedelta(days=1)
-                continue
-            if t.hour not in self.hours:
-                t = t.replace(minute=0, second=0) + timedelta(hours=1)
-                continue
-            if t.minute not in self.minutes:
-                t = t.replace(second=0) + timedelta(minutes=1)
-                continue
-            if t.second not in self.seconds:
-                t += timedelta(seconds=1)
-                continue
-            return t
-        raise InvalidSchedule("schedule never fires (e.g. day 31 of a 30-day month only)")
+        """The first matching time strictly after `moment` (whole seconds, UTC), or NEVER."""
+        from croniter import CroniterBadDateError, croniter
+        start = moment.astimezone(timezone.utc).replace(microsecond=0)
+        if start.year >= 9999:
+            return NEVER
+        # A pattern of dates repeats every 400 years (the Gregorian cycle): none in 400 years is never.
+        it = croniter(self.cron, start, day_or=False, second_at_beginning=True, max_years_between_matches=401)
+        try:
+            return it.get_next(datetime).astimezone(timezone.utc)
+        except CroniterBadDateError:
+            return NEVER
+
+    def __str__(self) -> str:
+        return self.expression
+
+
+__all__ = ["FORMAT", "NEVER", "InvalidSchedule", "Schedule"]

@@ -15,8 +15,6 @@ import os
 import sys
 import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -169,22 +167,19 @@ def run_event(job: dict, status: str) -> list[dict]:
 
 
 def post_event(url: str, events: list[dict], deadline_s: float = EVENT_POST_DEADLINE_S) -> bool:
-    """Deliver like Event Grid: retry with back-off until accepted or the deadline passes."""
-    body = json.dumps(events).encode()
-    delay, deadline = 0.5, time.monotonic() + deadline_s
-    while True:
-        req = urllib.request.Request(url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "aeg-event-type": "Notification"})
-        try:
-            with urllib.request.urlopen(req, timeout=300) as resp:
-                if 200 <= resp.status < 300:
-                    return True
-        except (urllib.error.URLError, OSError) as exc:
-            print(f"event delivery to {url} failed: {exc}; retrying", flush=True)
-        if time.monotonic() + delay > deadline:
-            return False
-        time.sleep(delay)  # back-off between delivery attempts, as Event Grid does
-        delay = min(delay * 2, 30.0)
+    """Deliver like Event Grid (local/eventgrid.py): 30 s per answer, its retry schedule, dead-lettered
+    to `eventgrid-deadletters` when refused (400/401/403/413) or not accepted before `deadline_s` (the
+    event's time-to-live here: a job process does not wait Event Grid's 24 hours)."""
+    from local.eventgrid import JOB_EVENTS_SUBSCRIPTION, RetryPolicy, deliver
+    try:
+        result = deliver(url, events, subscription=JOB_EVENTS_SUBSCRIPTION, policy=RetryPolicy(ttl_s=deadline_s))
+    except Exception as exc:  # the dead letter could not be written either
+        print(f"event delivery to {url} failed and was not dead-lettered: {exc}", flush=True)
+        return False
+    if not result.delivered:
+        print(f"event delivery to {url} failed after {result.attempts} attempt(s) ({result.last_outcome}); "
+              f"dead-lettered: {result.dead_letter_blob}", flush=True)
+    return result.delivered
 
 
 def use_experiment(mlflow, name: str, artifacts: Path) -> None:

@@ -119,6 +119,10 @@ def _read_spec(spec, dataset: str) -> tuple[list[str], dict]:
 def handle_dataset_blob(blob_client) -> FinetuneRequest | None:
     """Prepare the dataset the blob completes; return the fine-tune request to enqueue, or None."""
     blob_name = blob_client.blob_name
+    if blob_client.container_name != DATASETS_CONTAINER:  # the host does not check an event's path: we do
+        log.error("ignoring %s/%s: not in the %s container (check the Event Grid subscription's subject filter)",
+                  blob_client.container_name, blob_name, DATASETS_CONTAINER)
+        return None
     if naming.is_ignored_blob(blob_name):
         log.info("ignoring %s (not a dataset file)", blob_name)
         return None

@@ -68,7 +68,8 @@ def _data_input(value: str, flag: str) -> tuple[str, bytes]:
     path = Path(value)
     if not path.is_file():
         raise DryRunError(f"{flag} {value} is not a file: give the prepared JSONL (or an azureml:// URI)")
-    return str(path.resolve()), hashlib.sha256(path.read_bytes()).digest()
+    with open(path, "rb") as f:
+        return str(path.resolve()), hashlib.file_digest(f, "sha256").digest()
 
 
 def dry_run_job(inputs: DryRunInputs) -> tuple[dict, dict]:

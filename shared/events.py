@@ -56,6 +56,22 @@ def normalize(raw: dict) -> Event:
     return Event(id=ident, type=etype, subject=subject, time=etime, data=data, source=source)
 
 
+def from_trigger(event) -> Event:
+    """The event as the Event Grid trigger hands it over: azure-functions' converter decodes a delivery
+    in the Event Grid schema into `func.EventGridEvent` (event_type, topic, event_time) and one in
+    CloudEvents 1.0 into `func.CloudEvent` (type, source, time), whatever the parameter's annotation."""
+    def iso(when):  # the converter has already refused an offset other than Z or -00:00; Azure sends Z
+        return when.isoformat() if when else ""
+
+    if hasattr(event, "event_type"):  # func.EventGridEvent
+        raw = {"id": event.id, "eventType": event.event_type, "subject": event.subject, "topic": event.topic,
+               "eventTime": iso(event.event_time)}
+    else:  # func.CloudEvent
+        raw = {"specversion": event.specversion, "id": event.id, "type": event.type, "subject": event.subject,
+               "source": event.source, "time": iso(event.time)}
+    return normalize({**raw, "data": event.get_json()})
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # register | record-failure | ignore | validate

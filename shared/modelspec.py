@@ -64,9 +64,8 @@ def as_dict(value) -> dict:
 def _date(value) -> datetime | None:
     if not value:
         return None
-    text = str(value).strip().replace("Z", "+00:00")
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(str(value).strip())
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

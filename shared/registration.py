@@ -1,4 +1,13 @@
-"""job_events: a finished pipeline run becomes a registered model and a deploy request."""
+"""job_events: a finished pipeline run becomes a registered model and a deploy request.
+
+Safe when two runs for the same job go at once (Event Grid redelivers after 30 s without an answer,
+while the first run goes on): the model version is derived from the job, so both name the same
+version and at most one is created (the local registry registers under a lock; Azure ML keeps one
+version per name and number, and a run that loses the race is refused or updates it to the same
+content); the flow record is first-write-wins; both send the deploy request with the same MessageId,
+and Service Bus' duplicate detection drops the second. The `registered` record is written only once
+the version exists, so a run that dies half-way leaves nothing that looks done.
+"""
 
 from __future__ import annotations
 
@@ -48,13 +57,27 @@ def handle_decision(decision: Decision, backend: MLBackend, flow_log) -> DeployR
             TAG_DATASET_VERSION: dataset_version, "source-job": job.name}
     if job.tags.get(TAG_BASE_MODEL):  # the registry version it was tuned from: deploy reads its sizes there
         tags[TAG_BASE_MODEL] = job.tags[TAG_BASE_MODEL]
-    try:
-        backend.register_model(name, model_version, job.name, tags)
-        log.info("registered %s version %s from job %s", name, model_version, job.name)
-    except AlreadyExists:
-        log.info("model %s version %s already registered: sending the deploy request again", name, model_version)
+    _register_once(backend, name, model_version, job.name, tags)
     flows.record(flow_log, flow_id, "registered", dataset=dataset, version=dataset_version, job=job.name,
                  model=f"{name}:{model_version}", detail={"metrics": job.metrics})
     from shared.messages import DeployRequest
     return DeployRequest(flow_id=flow_id, dataset=dataset, version=dataset_version, job=job.name,
                          model_name=name, model_version=model_version)
+
+
+def _register_once(backend: MLBackend, name: str, version: str, job: str, tags: dict) -> None:
+    """Register `name:version` unless it exists. A refused create counts as success when the version is there
+    afterwards (a concurrent run created it first; Azure ML may answer the second PUT with a conflict)."""
+    try:
+        backend.register_model(name, version, job, tags)
+        log.info("registered %s version %s from job %s", name, version, job)
+        return
+    except AlreadyExists:
+        log.info("model %s version %s already registered: sending the deploy request again", name, version)
+        return
+    except MLError as refused:
+        try:
+            backend.get_model(name, version)
+        except NotFound:
+            raise refused from None
+        log.info("model %s version %s registered by a concurrent run (%s)", name, version, refused)

@@ -52,11 +52,8 @@ def parse_expires_at(value: str | None) -> datetime | None:
     """An aware UTC datetime, or None when missing or unparseable (never a reason to delete)."""
     if not value or not isinstance(value, str):
         return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
+    try:  # 3.11 reads Z and fractions of any length; upper(): RFC 3339 allows a lower-case t and z, 3.11 not z
+        moment = datetime.fromisoformat(value.strip().upper())
     except ValueError:
         return None
     if moment.tzinfo is None:  # a local time without offset is ambiguous: refuse it

@@ -85,3 +85,12 @@ def test_a_blob_overwritten_while_read_fails_loudly_and_the_retry_prepares_the_n
     import hashlib
     assert manifest["sources"][0]["sha256"] == hashlib.sha256(v2).hexdigest()
     assert client.download_blob().readall() == v2  # and the original is untouched
+
+
+def test_a_blob_outside_the_datasets_container_is_ignored(storage_env):
+    from shared import storage
+    from shared.arrival import handle_dataset_blob
+    other = storage.container("elsewhere")
+    other.upload_blob("ds/train.jsonl", b'{"messages": []}\n')
+    assert handle_dataset_blob(other.get_blob_client("ds/train.jsonl")) is None
+    assert list(storage.container("prepared").list_blobs()) == []

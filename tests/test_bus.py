@@ -29,21 +29,23 @@ def test_without_a_namespace_the_error_names_the_setting(monkeypatch):
 
 
 def test_the_local_stand_in_drops_a_repeated_message_id(storage_env):
-    from local.host import LocalHost
+    from local.servicebus import ServiceBusStandIn, decode
     from shared import storage
     from shared.settings import StorageConnection
-    host = LocalHost(project_dir=ROOT, port=0, settings_file="no-local-settings.json")
-    host._storage = StorageConnection.from_env()  # the stand-in needs storage only, not the running host
-    bus.use(host._service_bus_send)
+    stand_in = ServiceBusStandIn(StorageConnection.from_env())  # what the host and the CLI install
+    bus.use(stand_in.send)
     try:
-        bus.send("deployments", REQUEST.to_json(), REQUEST.message_id)
-        bus.send("deployments", REQUEST.to_json(), REQUEST.message_id)  # a redelivered event: same id
+        assert bus.send("deployments", REQUEST.to_json(), REQUEST.message_id) is True
+        # a redelivered event: same id, accepted and dropped
+        assert bus.send("deployments", REQUEST.to_json(), REQUEST.message_id) is False
         other = REQUEST.model_copy(update={"model_version": "43"})
-        bus.send("deployments", other.to_json(), other.message_id)
+        assert bus.send("deployments", other.to_json(), other.message_id) is True
     finally:
         bus.use(None)
-    bodies = [m.content for m in storage.queue("deployments").receive_messages(max_messages=32)]
-    assert sorted(DeployRequest.parse(b).model_version for b in bodies) == ["42", "43"]
+    received = [decode(m.content) for m in storage.queue("deployments").receive_messages(max_messages=32)]
+    assert sorted((m.message_id, DeployRequest.parse(m.body).model_version) for m in received) == [
+        ("phi-3-tiny-ds:42", "42"), ("phi-3-tiny-ds:43", "43")]
+    assert stand_in.dropped == ["phi-3-tiny-ds:42"]
 
 
 # -- which identity the SDK clients use ----------------------------------------------------------

@@ -314,12 +314,19 @@ def test_reap_dry_run_over_an_inventory_with_a_frozen_now(tmp_path):
     (["reap", "--inventory", "x.json"], "add --dry-run"),
     (["reap", "--dry-run", "--inventory", "INV", "--now", "2026-11-26T12:00:00"], "not ISO 8601 with an offset"),
     (["reap", "--dry-run", "--inventory", "NOTLIST"], "must be a JSON list"),
+    # validated against the reaper's dataclasses: the error names the field's path
+    (["reap", "--dry-run", "--inventory", "BADCOUNT"], "endpoints[1].deployments[0].instance_count: Input should be "
+                                                        "a valid integer"),
+    (["reap", "--dry-run", "--inventory", "NONAME"], "endpoints[4].name: Field required"),
 ])
 def test_reap_usage_errors_are_one_line(tmp_path, args, words):
-    (tmp_path / "inv.json").write_text(json.dumps(INVENTORY))
-    (tmp_path / "notlist.json").write_text("{}")
-    args = [str(tmp_path / "inv.json") if a == "INV" else str(tmp_path / "notlist.json") if a == "NOTLIST" else a
-            for a in args]
+    files = {"INV": INVENTORY, "NOTLIST": {},
+             "BADCOUNT": [INVENTORY[0], {**INVENTORY[1], "deployments": [{**INVENTORY[1]["deployments"][0],
+                                                                          "instance_count": "two"}]}],
+             "NONAME": [*INVENTORY[:4], {k: v for k, v in INVENTORY[4].items() if k != "name"}]}
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    args = [str(tmp_path / f"{a}.json") if a in files else a for a in args]
     res = tuneflow(*args)
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
 

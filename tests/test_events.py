@@ -155,3 +155,85 @@ def test_explain_all_reads_a_completion_reported_by_both_event_types_once():
     assert "same outcome reported again" in out[1]["reason"] and "stale" in out[2]["reason"]
     first = explain_all([changed, completed])
     assert [o["action"] for o in first] == ["register", "ignore"]
+
+
+# -- as the Functions trigger hands them over ------------------------------------------------------
+# azure-functions' converter (the one the Python worker calls) decodes an Event Grid delivery into
+# func.EventGridEvent and a CloudEvents one into func.CloudEvent; job_events must decide the same on both.
+
+def _decoded(raw: dict):
+    import json
+    from azure.functions import meta
+    from azure.functions.eventgrid import EventGridEventInConverter
+    return EventGridEventInConverter.decode(meta.Datum(json.dumps(raw), "json"), trigger_metadata={})
+
+
+def _as_cloudevent(raw: dict) -> dict:
+    """The same event in the CloudEvents 1.0 schema, as Event Grid delivers it to a CloudEvents subscription."""
+    return {"specversion": "1.0", "id": raw["id"], "type": raw["eventType"], "source": raw.get("topic", ""),
+            "subject": raw.get("subject", ""), "time": raw.get("eventTime", ""), "data": raw.get("data")}
+
+
+EVENT_GRID_FILES = ["ml-pipeline-run-completed.eventgrid.json", "ml-pipeline-run-failed.eventgrid.json",
+                    "ml-step-run-completed.eventgrid.json", "subscription-validation.eventgrid.json",
+                    "storage-blob-created.eventgrid.json"]
+
+
+@pytest.mark.parametrize("raw", [_first(f) for f in EVENT_GRID_FILES]
+                         + [published(), published(event_type="RunCompleted", pascal=True), published(ours=False)])
+@pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
+def test_both_trigger_types_reach_the_same_decision(raw, schema):
+    from azure.functions import CloudEvent, EventGridEvent
+    from shared.events import from_trigger
+    event = _decoded(raw if schema == "eventgrid" else _as_cloudevent(raw))
+    assert isinstance(event, EventGridEvent if schema == "eventgrid" else CloudEvent)
+    assert decide(from_trigger(event)) == decide(normalize(raw))
+
+
+def test_the_published_cloudevent_decodes_to_a_registration():
+    from azure.functions import CloudEvent
+    from shared.events import from_trigger
+    event = _decoded(_first("ml-pipeline-run-completed.cloudevent.json"))
+    assert isinstance(event, CloudEvent)
+    normalized = from_trigger(event)
+    assert normalized.source.endswith("/workspaces/mlw-demo") and normalized.time.startswith("2026-11-20T10:42:13")
+    assert decide(normalized).action == "register"
+
+
+def test_a_trigger_event_without_a_type_is_refused():
+    from shared.events import from_trigger
+    with pytest.raises(InvalidEvent, match="type"):
+        from_trigger(_decoded({"specversion": "1.0", "id": "1", "source": "/x", "data": {}}))
+
+
+def test_job_events_declares_a_type_the_worker_and_the_converter_accept():
+    """The worker refuses a binding annotation that is not a class ("invalid non-type annotation") and then
+    asks the converter, which accepts a subclass of EventGridEvent or CloudEvent: a Union fails both, so
+    the function declares one class and still receives either (the converter decodes by the payload)."""
+    import typing
+    import azure.functions as func
+    from azure.functions.eventgrid import EventGridEventInConverter
+    from functions import job_events
+    from tests.test_job_events_concurrency import user_function
+    annotation = typing.get_type_hints(user_function(job_events, "job_events"))["event"]
+    assert isinstance(annotation, type) and EventGridEventInConverter.check_input_type_annotation(annotation)
+    assert not EventGridEventInConverter.check_input_type_annotation(typing.Union[func.EventGridEvent, func.CloudEvent])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("schema", ["eventgrid", "cloudevent"])
+def test_job_events_registers_and_requests_a_deploy_from_either_schema(schema, workspace, tmp_path, monkeypatch):
+    from functions import job_events
+    from shared import bus, naming
+    from shared.ml import base_model_name
+    from tests.test_job_events_concurrency import JOB, completion, finished_job, user_function
+    monkeypatch.setenv("TUNEFLOW_ML_BACKEND", "local")
+    finished_job(workspace, tmp_path)
+    sent = []
+    bus.use(lambda queue, body, message_id: sent.append((queue, message_id)))
+    try:
+        user_function(job_events, "job_events")(completion(schema=schema))
+    finally:
+        bus.use(None)
+    model = naming.model_name(base_model_name(), "race")
+    assert sent == [("deployments", f"{model}:{naming.model_version(JOB)}")]

@@ -90,7 +90,7 @@ class DeploymentInfo:
 @dataclass(frozen=True)
 class EndpointInfo:
     name: str
-    tags: dict
+    tags: dict[str, str]
     provisioning_state: str  # Creating | Updating | Succeeded | Failed | Deleting
     created_at: str = ""
     scoring_uri: str = ""

@@ -35,7 +35,9 @@ from shared.ttl import format_utc, utcnow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT_START_TIMEOUT_S = 180.0
-# Children this process started, so their exit is noticed (and no zombie looks alive).
+# Children this process started, so their exit is noticed (and no zombie looks alive). A pid.json or
+# server.json holds a process handle, {"pid", "create_time"}: a pid is reused once its process is gone,
+# the pair is not, so a recycled pid never makes a dead job or endpoint look alive or gets signalled.
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
@@ -52,40 +54,58 @@ def read_json(path: Path):
         return None
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def process_handle(pid: int) -> dict:
+    """What identifies a process for good: its pid and creation time (a pid alone is reused)."""
+    import psutil
+    return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+
+
+def _ours(handle: dict | None):
+    """The psutil.Process the handle names, if it still runs (not a zombie) and is the same process:
+    same pid and creation time. A handle without a creation time (an older file) is not ours."""
+    import psutil
+    pid, created = (handle or {}).get("pid"), (handle or {}).get("create_time")
+    if not isinstance(pid, int) or pid <= 0 or not isinstance(created, (int, float)):
+        return None
     child = _CHILDREN.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def stop_process(pid: int | None, timeout: float = 10.0) -> None:
-    """SIGTERM the process group, wait for it to go, SIGKILL if it does not."""
-    if not pid_alive(pid):
+    if child is not None and child.poll() is not None:
         _CHILDREN.pop(pid, None)
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.05)
-        if not pid_alive(pid):
-            break
-    child = _CHILDREN.pop(pid, None)
+        return None  # our child exited (and is reaped now)
+    try:
+        proc = psutil.Process(pid)
+        if proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def process_alive(handle: dict | None) -> bool:
+    return _ours(handle) is not None
+
+
+def stop_process(handle: dict | None, timeout: float = 10.0) -> None:
+    """SIGTERM the process (its whole group when it leads one, as the children started here do), wait
+    for it to go, SIGKILL if it does not. A process that is not the one the handle names is left alone."""
+    import psutil
+    proc = _ours(handle)
+    if proc is not None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+            except (ProcessLookupError, psutil.Error):
+                break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and process_alive(handle):
+                time.sleep(0.05)
+            if not process_alive(handle):
+                break
+    child = _CHILDREN.pop((handle or {}).get("pid"), None) if proc is not None else None
     if child is not None:
-        child.wait(timeout=timeout)
+        child.wait(timeout=timeout)  # reaped: no zombie left behind
 
 
 def child_env(**extra: str) -> dict:
@@ -99,13 +119,13 @@ def child_env(**extra: str) -> dict:
     return env
 
 
-def spawn(module: str, arg: Path, log: Path, **env: str) -> int:
+def spawn(module: str, arg: Path, log: Path, **env: str) -> dict:
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", module, str(arg)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=child_env(**env), start_new_session=True,
                                 cwd=str(PROJECT_ROOT))
     _CHILDREN[proc.pid] = proc
-    return proc.pid
+    return process_handle(proc.pid)  # a child not yet waited for keeps its pid, so this is its creation time
 
 
 class LocalWorkspace:
@@ -133,9 +153,22 @@ class LocalWorkspace:
                   "events_url": settings.get("TUNEFLOW_EVENTS_URL"), "tracking_uri": self.tracking_uri,
                   "base_model_dir": self._base_model_dir()}
         write_json_atomic(job_dir / "job.json", record)
-        pid = spawn("local.train", job_dir, job_dir / "log.txt")
-        write_json_atomic(job_dir / "pid.json", {"pid": pid})
+        self._ensure_tracking_store()
+        write_json_atomic(job_dir / "pid.json", spawn("local.train", job_dir, job_dir / "log.txt"))
         return self.get_job(spec.name)
+
+    def _ensure_tracking_store(self) -> None:
+        """Create and migrate the MLflow database once, before any job: jobs started together on a new state
+        folder would otherwise each create and migrate it at the same moment and fail ("table ... already exists")."""
+        ready = self.root / "mlflow.db.ready"
+        if ready.exists():
+            return
+        with self._lock("tracking"):
+            if ready.exists():
+                return
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # heavy: once per state folder
+            SqlAlchemyStore(self.tracking_uri, (self.root / "artifacts").resolve().as_uri())
+            ready.write_text("created\n")  # only after the migrations completed
 
     def _base_model_dir(self) -> str:
         configured = settings.get("TUNEFLOW_BASE_MODEL_DIR")
@@ -153,10 +186,10 @@ class LocalWorkspace:
         if result is not None:
             return JobInfo(name=name, status=result["status"], tags=tags, output_uri=result.get("output_uri", ""),
                            error=result.get("error", ""), metrics=result.get("metrics", {}))
-        pid = (read_json(job_dir / "pid.json") or {}).get("pid")
-        if pid_alive(pid):
+        handle = read_json(job_dir / "pid.json")
+        if process_alive(handle):
             return JobInfo(name=name, status="Running", tags=tags)
-        if pid is None and time.time() - (job_dir / "job.json").stat().st_mtime < 30:
+        if handle is None and time.time() - (job_dir / "job.json").stat().st_mtime < 30:
             return JobInfo(name=name, status="NotStarted", tags=tags)
         return JobInfo(name=name, status="Failed", tags=tags,
                        error=f"job process exited without a result; see {job_dir / 'log.txt'}")
@@ -226,16 +259,19 @@ class LocalWorkspace:
 
     def _start_server(self, ep_dir: Path) -> None:
         (ep_dir / "server.json").unlink(missing_ok=True)
-        pid = spawn("local.scoring", ep_dir, ep_dir / "log.txt")
+        handle = spawn("local.scoring", ep_dir, ep_dir / "log.txt")
         deadline = time.monotonic() + ENDPOINT_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if read_json(ep_dir / "server.json") is not None:
+            server = read_json(ep_dir / "server.json")
+            if server is not None and server.get("pid") == handle["pid"]:
+                # The server writes its port and pid; the creation time is the one taken at spawn.
+                write_json_atomic(ep_dir / "server.json", {**server, **handle})
                 self._set_state(ep_dir, "Succeeded")
                 return
-            if not pid_alive(pid):
+            if not process_alive(handle):
                 break
             time.sleep(0.1)
-        stop_process(pid)
+        stop_process(handle)
         self._set_state(ep_dir, "Failed")
         tail = (ep_dir / "log.txt").read_text(errors="replace")[-600:]
         raise MLError(f"endpoint {ep_dir.name}: scoring server did not start: {tail.strip().splitlines()[-1:]}")
@@ -252,7 +288,7 @@ class LocalWorkspace:
             raise NotFound(f"endpoint {name} not found")
         server = read_json(ep_dir / "server.json") or {}
         state = record["state"]
-        if state == "Succeeded" and not pid_alive(server.get("pid")):
+        if state == "Succeeded" and not process_alive(server):
             state = "Failed"  # the process is gone: the endpoint no longer serves
         deployment = DeploymentInfo(name=DEPLOYMENT_NAME, instance_type="local-cpu", instance_count=1,
                                     provisioning_state=state, traffic=100 if state == "Succeeded" else 0)
@@ -297,7 +333,7 @@ class LocalWorkspace:
         if not (ep_dir / "endpoint.json").exists():
             raise NotFound(f"endpoint {name} not found")
         self._set_state(ep_dir, "Deleting")
-        stop_process((read_json(ep_dir / "server.json") or {}).get("pid"))
+        stop_process(read_json(ep_dir / "server.json"))
         import shutil
         shutil.rmtree(ep_dir)
 
@@ -306,7 +342,7 @@ class LocalWorkspace:
         """Restart the scoring servers of endpoints that exist but whose process is gone."""
         for ep_dir in sorted(self.endpoints.iterdir()):
             record = read_json(ep_dir / "endpoint.json")
-            if record and record["state"] == "Succeeded" and not pid_alive((read_json(ep_dir / "server.json") or {}).get("pid")):
+            if record and record["state"] == "Succeeded" and not process_alive(read_json(ep_dir / "server.json")):
                 try:
                     self._start_server(ep_dir)
                 except MLError:
@@ -317,4 +353,4 @@ class LocalWorkspace:
         for sub in (self.endpoints, self.jobs):
             for d in sub.iterdir():
                 for f in ("server.json", "pid.json"):
-                    stop_process((read_json(d / f) or {}).get("pid"))
+                    stop_process(read_json(d / f))
