@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench infra-check clean
+.PHONY: setup demo test test-fast bench chaos load mutation infra-check clean
 
 setup: $(VENV)/.installed .venv-infra/.installed node_modules/.installed local.settings.json
 
@@ -43,5 +43,23 @@ bench: setup
 	$(BIN)/python bench/reaper_plan.py
 	$(BIN)/python bench/cold_start.py
 
+# Fault injection on the local stack: 3 seeds, 12 datasets and 8 SIGKILLs each; the verdicts land in
+# bench/results/chaos-<seed>.json and the run fails on any violation (each seed still runs).
+CHAOS_SEEDS ?= 1 2 3
+chaos: setup
+	@rc=0; for seed in $(CHAOS_SEEDS); do \
+		$(BIN)/python bench/chaos.py --seed $$seed --datasets 12 --kills 8 || rc=1; \
+	done; exit $$rc
+
+load: setup
+	$(BIN)/python bench/load.py --datasets 50
+
+# Mutation testing of the rule modules against their unit tests (pyproject.toml [tool.mutmut]).
+mutation: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python bench/mutation_report.py
+
 clean:
-	rm -rf .tuneflow
+	rm -rf .tuneflow mutants

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FILE = "train_sft.parquet"
+FILE = "data.parquet"  # no split name: one file is a whole dataset (a split alone would wait for dataset.json)
 INSTANCE_MB = 2048  # infra/app/functions.bicep: instanceMemoryMB
 
 

@@ -12,7 +12,16 @@ from pathlib import Path
 from shared.settings import azurite_connection_string
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
+
+
+def azurite_bin() -> Path:
+    """node_modules/.bin/azurite in the project or a folder above it, as npm resolves packages (a copy of
+    the project inside it, such as mutmut's `mutants/`, finds the project's own)."""
+    for folder in (PROJECT_ROOT, *PROJECT_ROOT.parents):
+        candidate = folder / "node_modules" / ".bin" / "azurite"
+        if candidate.exists():
+            return candidate
+    return PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
 _LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at http://[^:]+:(\d+)")
 
 
@@ -50,11 +59,12 @@ class Azurite:
 
 def start(location: Path, blob_port: int = 0, queue_port: int = 0, timeout: float = 60.0) -> Azurite:
     """Start Azurite with its data in `location`; port 0 lets it pick free ports (read back from its output)."""
-    if not AZURITE_BIN.exists():
-        raise AzuriteError(f"Azurite is not installed at {AZURITE_BIN}: run `make setup` (npm ci)")
+    binary = azurite_bin()
+    if not binary.exists():
+        raise AzuriteError(f"Azurite is not installed at {binary}: run `make setup` (npm ci)")
     location.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [str(AZURITE_BIN), "--location", str(location), "--blobPort", str(blob_port), "--queuePort",
+        [str(binary), "--location", str(location), "--blobPort", str(blob_port), "--queuePort",
          str(queue_port), "--tablePort", "0", "--skipApiVersionCheck", "--loose", "--disableTelemetry",
          "--silent"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)

@@ -55,7 +55,7 @@ def cmd_up(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalStack(port=args.port) as stack:
+    with LocalStack(port=args.port, invocations_log=Path(args.invocations) if args.invocations else None) as stack:
         table = Table(title="tuneflow local stack")
         table.add_column("function")
         table.add_column("trigger")
@@ -87,16 +87,18 @@ def cmd_drop(args) -> int:
 def cmd_status(args) -> int:
     from shared import flows, storage
     from shared.contracts import FLOWS_CONTAINER
-    statuses = flows.summarize(flows.read_all(storage.container(FLOWS_CONTAINER)))
+    flow_log = storage.container(FLOWS_CONTAINER)
+    records = flows.read_all(flow_log)
+    statuses = flows.summarize(records) + [flows.waiting_status(m) for m in flows.read_waiting(flow_log, records)]
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
     table = Table(title="tuneflow flows")
-    for col in ("dataset", "stage", "job", "model", "endpoint", "expires-at", "time left"):
+    for col in ("dataset", "stage", "job", "model", "endpoint", "expires-at", "time left", "note"):
         table.add_column(col)
     for s in statuses:
         left = time_left(s.expires_at) if s.endpoint and s.stage != "reaped" else ""
-        table.add_row(s.dataset, s.stage, s.job, s.model, s.endpoint, s.expires_at, left)
+        table.add_row(s.dataset, s.stage, s.job, s.model, s.endpoint, s.expires_at, left, s.note())
     console.print(table)
     return 0
 
@@ -147,12 +149,31 @@ def cmd_submit(args) -> int:
     manifest = f"{naming.prepared_prefix(dataset, version)}/manifest.json"
     if not storage.exists(storage.container(PREPARED_CONTAINER), manifest):
         raise UsageError(f"prepared/{manifest} does not exist: `tuneflow status` lists prepared versions")
-    request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, params), dataset=dataset, version=version,
-                              params=params)
+    attempt = _next_attempt(dataset, version, params) if args.retry else 1
+    request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, params, attempt), dataset=dataset,
+                              version=version, params=params, attempt=attempt)
     storage.send_queue_message(FINETUNE_QUEUE, request.to_json())
     console.print(f"queued fine-tune of prepared/{dataset}/{version} as flow {request.flow_id}: "
-                  f"job {naming.job_name(dataset, version, params)}")
+                  f"job {naming.job_name(dataset, version, params, attempt)}" + (f" (attempt {attempt})" if args.retry else ""))
     return 0
+
+
+def _next_attempt(dataset: str, version: str, params: dict) -> int:
+    """The attempt after the last one of this version and these parameters, which must have ended job-failed."""
+    from shared import flows, naming, storage
+    from shared.contracts import FLOWS_CONTAINER
+    statuses = {s.flow_id: s for s in flows.summarize(flows.read_all(storage.container(FLOWS_CONTAINER)))}
+    attempt = 1
+    while naming.flow_id(dataset, version, params, attempt) in statuses:
+        attempt += 1
+    if attempt == 1:
+        raise UsageError(f"prepared/{dataset}/{version} has no fine-tune with these parameters yet: submit it without "
+                         f"--retry")
+    last = statuses[naming.flow_id(dataset, version, params, attempt - 1)]
+    if last.stage != "job-failed":
+        raise UsageError(f"attempt {attempt - 1} (flow {last.flow_id}) is at stage {last.stage}, not job-failed: nothing "
+                         f"to retry (`tuneflow status`)")
+    return attempt
 
 
 def _submit_dry_run(args) -> int:
@@ -388,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the local stack in the foreground (Azurite, host, workspace)")
     up.add_argument("--port", type=int, default=7071)
+    up.add_argument("--invocations", help="append the host's invocation records (JSON Lines) to this file")
     up.set_defaults(fn=cmd_up)
     drop = sub.add_parser("drop", help="upload a dataset file into the datasets container")
     drop.add_argument("file")
@@ -409,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "the Azure ML pipeline job, offline)")
     submit.add_argument("prepared", nargs="?", help="prepared/<dataset>/<version>")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--retry", action="store_true", help="fine-tune again after the last attempt with these "
+                                                             "parameters ended job-failed (a new flow and job)")
     submit.add_argument("--dry-run", action="store_true", help="build the pipeline job from spec files and print it")
     submit.add_argument("--train", help="dry run: the train JSONL (a file or an azureml:// URI)")
     submit.add_argument("--test", help="dry run: the test JSONL (a file or an azureml:// URI)")

@@ -187,6 +187,7 @@ class LocalHost:
         # The real host id is the app's name (at most 32 characters); hosts sharing storage share it.
         self.host_id = (host_id or os.environ.get("WEBSITE_SITE_NAME") or "tuneflow-local").lower()[:32]
         self._stop = threading.Event()
+        self.state = "Starting"  # /admin/host/status: Starting until every listener and publisher is ready
         self._threads: list[threading.Thread] = []
         self._server: ThreadingHTTPServer | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -250,6 +251,7 @@ class LocalHost:
             self._spawn(f"{spec.trigger['type']}:{spec.name}", listener.run, self._stop)
             if spec.trigger["type"] == "blobTrigger" and self.event_grid:
                 self._start_publisher(spec)
+        self.state = "Running"
         log.info("local Functions host listening on %s with %d functions: %s", self.base_url,
                  len(self.functions), ", ".join(f"{s.name} ({s.trigger['type']})" for s in self.functions.values()))
         return self
@@ -269,6 +271,7 @@ class LocalHost:
         self._threads.append(t)
 
     def stop(self, timeout: float = 30.0) -> None:
+        self.state = "Stopping"
         self._stop.set()
         for publisher in self._publishers:
             publisher.stop()

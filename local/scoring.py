@@ -1,24 +1,25 @@
 """A local online endpoint: `python -m local.scoring ENDPOINT_DIR` (started by the local workspace).
 
-Loads the registered MLflow model, listens on a free loopback port and serves the Azure ML
-chat-completion contract: `POST /score` with `Authorization: Bearer <key>` and the body
+Loads the registered MLflow model, listens on a free loopback port (the same one again when
+restarted) and serves the Azure ML chat-completion contract: `POST /score` with `Authorization: Bearer <key>` and the body
 `{"input_data": {"input_string": [messages], "parameters": {...}}}` (a list holding one conversation,
 as the seed sends it), answering `{"output": text}`. Without the right key: 401; any other body (a
-flat list of turns included): 400 with the reason. When ready it writes `server.json` (port, pid).
+flat list of turns included): 400 with the reason. It records itself in `process.json` at once, and its
+port with `ready` once it serves (shared/ml/procs.py).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import os
 import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from shared.ml.local import read_json, write_json_atomic
+from shared.ml import procs
+from shared.ml.procs import read_json
 from shared.scoring import BadScoringRequest, read_request
 
 MAX_NEW_TOKENS_CAP = 512
@@ -93,13 +94,15 @@ def make_handler(chat: ChatModel, key: str):
 
 def main(argv: list[str]) -> int:
     ep_dir = Path(argv[1])
+    procs.announce(ep_dir)  # first: whoever looks finds this process, even if its starter died
     record = read_json(ep_dir / "endpoint.json")
     key = (ep_dir / "key").read_text().strip()
     chat = ChatModel(record["model"]["uri"], record["tracking_uri"])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(chat, key))
+    # The endpoint's address is stable: a restarted process binds the port its first process was given.
+    server = ThreadingHTTPServer(("127.0.0.1", int(record.get("port") or 0)), make_handler(chat, key))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    write_json_atomic(ep_dir / "server.json", {"port": server.server_address[1], "pid": os.getpid()})
+    procs.announce(ep_dir, port=server.server_address[1], ready=True)
     print(f"endpoint {record['name']} serving {record['model']['uri']} on 127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
     server.server_close()

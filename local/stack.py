@@ -1,9 +1,11 @@
-"""The local stack: Azurite + the local ML workspace + the local Functions host, started and stopped as one."""
+"""The local stack: Azurite + the local ML workspace (and its platform loop, `local/platform.py`) + the
+local Functions host, started and stopped as one."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from local import azurite
@@ -38,6 +40,8 @@ class LocalStack:
         self.azurite: azurite.Azurite | None = None
         self.host: LocalHost | None = None
         self.workspace: LocalWorkspace | None = None
+        self._platform_stop = threading.Event()
+        self._platform: threading.Thread | None = None
 
     def start(self) -> "LocalStack":
         load_settings(self.project_dir)
@@ -49,8 +53,13 @@ class LocalStack:
                 self.azurite = azurite.start(state / "azurite", *ports)
                 os.environ["AzureWebJobsStorage"] = self.azurite.connection_string
             if settings.get("TUNEFLOW_ML_BACKEND") == "local":
+                from local.platform import Platform
                 self.workspace = LocalWorkspace(state)
+                self.workspace.ensure_tracking_store()  # before the host takes work: no job waits for it
                 self.workspace.resume()
+                self._platform = threading.Thread(target=Platform(self.workspace).run, args=(self._platform_stop,),
+                                                  name="platform", daemon=True)
+                self._platform.start()
             self.host = LocalHost(project_dir=self.project_dir, port=0 if self.free_ports else self.port,
                                   invocations_log=self.invocations_log).start()
         except BaseException:
@@ -61,6 +70,9 @@ class LocalStack:
     def stop(self) -> None:
         if self.host:
             self.host.stop()
+        self._platform_stop.set()
+        if self._platform:
+            self._platform.join(timeout=60)
         if self.workspace:
             self.workspace.stop_all()
         if self.azurite:

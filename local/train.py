@@ -4,7 +4,8 @@ It does what the registry's chat_completion_pipeline does, at toy scale on CPU: 
 train/test JSONL from storage, apply the chat template, LoRA fine-tune the base model, log train
 and eval loss to MLflow, save an MLflow model as the job's output — then report like Azure ML:
 `result.json` in the job folder and the `RunCompleted` (or `RunStatusChanged` Failed) event
-posted to the host's Event Grid route.
+posted to the host's Event Grid route (`local/platform.py`, which also publishes it should this
+process die first).
 """
 
 from __future__ import annotations
@@ -15,33 +16,45 @@ import os
 import sys
 import time
 import traceback
-import uuid
 from pathlib import Path
 
-from shared.contracts import EVENT_RUN_COMPLETED, EVENT_RUN_STATUS_CHANGED, PIPELINE_RUN_TYPE
-from shared.ml.local import read_json, write_json_atomic
+from shared.ml import procs
+from shared.ml.procs import read_json, write_json_atomic
 from shared.ttl import format_utc, utcnow
 
 log = logging.getLogger("tuneflow.train")
-LOCAL_WORKSPACE_TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/"
-                         "Microsoft.MachineLearningServices/workspaces/local")
 # Defaults sized for a CPU demo; any of them can be overridden by request parameters.
 LOCAL_DEFAULTS = {"num_train_epochs": 1, "max_steps": 40, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
                   "lora_r": 8, "lora_alpha": 16, "max_seq_length": 256, "eval_rows": 64}
-EVENT_POST_DEADLINE_S = 1800.0
 
 
 def _param(params: dict, key: str, cast):
     return cast(params.get(key, LOCAL_DEFAULTS[key]))
 
 
-def download(uri: str, dest: Path) -> Path:
-    """Stream `container/blob` from the storage account into `dest`."""
+DOWNLOAD_DEADLINE_S = 300.0
+
+
+def download(uri: str, dest: Path, deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
+    """Stream `container/blob` from the storage account into `dest`; while storage cannot be reached (or
+    answers 5xx) try again with back-off until `deadline_s`, as a job's data mount rides out an outage."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
     from shared.storage import blob_service
     container, blob = uri.split("/", 1)
-    with open(dest, "wb") as f:
-        blob_service().get_blob_client(container, blob).download_blob().readinto(f)
-    return dest
+    delay, deadline = 1.0, time.monotonic() + deadline_s
+    while True:
+        try:
+            with open(dest, "wb") as f:
+                blob_service().get_blob_client(container, blob).download_blob().readinto(f)
+            return dest
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as exc:
+            status = getattr(exc, "status_code", None)
+            if (status is not None and status < 500) or time.monotonic() + delay > deadline:
+                raise
+            print(f"reading {uri}: {type(exc).__name__}: {str(exc).splitlines()[0]}; trying again in {delay:.0f} s",
+                  flush=True)
+            time.sleep(delay)  # back-off between attempts to reach storage
+            delay = min(delay * 2, 30.0)
 
 
 def load_conversations(path: Path) -> list[list[dict]]:
@@ -118,6 +131,7 @@ def fine_tune(job: dict, job_dir: Path) -> dict:
 
     mlflow.set_tracking_uri(job["tracking_uri"])
     use_experiment(mlflow, spec["experiment"], job_dir.parent.parent / "artifacts")
+    end_lost_runs(mlflow, spec["experiment"], spec["name"])
     with mlflow.start_run(run_name=spec["name"], tags={**spec["tags"], "job": spec["name"]}) as run:
         mlflow.log_params({**LOCAL_DEFAULTS, **params, "train_rows": len(train), "test_rows": len(test)})
         eval_before = evaluate(model, test, batch, pad)
@@ -152,36 +166,6 @@ def fine_tune(job: dict, job_dir: Path) -> dict:
     return {"status": "Completed", "output_uri": info.model_uri, "metrics": metrics}
 
 
-def run_event(job: dict, status: str) -> list[dict]:
-    """The Azure ML event for this pipeline run, in the Event Grid schema (see shared/reference/events)."""
-    spec = job["spec"]
-    data = {"experimentId": str(uuid.uuid5(uuid.NAMESPACE_URL, spec["experiment"])),
-            "experimentName": spec["experiment"], "runId": spec["name"], "runType": PIPELINE_RUN_TYPE,
-            "runTags": spec["tags"], "runProperties": {"azureml.runsource": PIPELINE_RUN_TYPE}}
-    if status != "Completed":
-        data["runStatus"] = status
-    return [{"topic": LOCAL_WORKSPACE_TOPIC, "subject": f"experiments/{data['experimentId']}/runs/{spec['name']}",
-             "eventType": EVENT_RUN_COMPLETED if status == "Completed" else EVENT_RUN_STATUS_CHANGED,
-             "eventTime": format_utc(utcnow()), "id": str(uuid.uuid4()), "data": data,
-             "dataVersion": "", "metadataVersion": "1"}]
-
-
-def post_event(url: str, events: list[dict], deadline_s: float = EVENT_POST_DEADLINE_S) -> bool:
-    """Deliver like Event Grid (local/eventgrid.py): 30 s per answer, its retry schedule, dead-lettered
-    to `eventgrid-deadletters` when refused (400/401/403/413) or not accepted before `deadline_s` (the
-    event's time-to-live here: a job process does not wait Event Grid's 24 hours)."""
-    from local.eventgrid import JOB_EVENTS_SUBSCRIPTION, RetryPolicy, deliver
-    try:
-        result = deliver(url, events, subscription=JOB_EVENTS_SUBSCRIPTION, policy=RetryPolicy(ttl_s=deadline_s))
-    except Exception as exc:  # the dead letter could not be written either
-        print(f"event delivery to {url} failed and was not dead-lettered: {exc}", flush=True)
-        return False
-    if not result.delivered:
-        print(f"event delivery to {url} failed after {result.attempts} attempt(s) ({result.last_outcome}); "
-              f"dead-lettered: {result.dead_letter_blob}", flush=True)
-    return result.delivered
-
-
 def use_experiment(mlflow, name: str, artifacts: Path) -> None:
     """Set the experiment, creating it with its artifacts in the workspace's state folder (MLflow's
     default, ./mlruns, would land in whatever folder the job started in)."""
@@ -194,8 +178,18 @@ def use_experiment(mlflow, name: str, artifacts: Path) -> None:
     mlflow.set_experiment(name)
 
 
+def end_lost_runs(mlflow, experiment_name: str, job: str) -> None:
+    """Mark the MLflow runs of this job's earlier, lost attempts KILLED (they never ended themselves)."""
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    for run in client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.job = '{job}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 def main(argv: list[str]) -> int:
     job_dir = Path(argv[1])
+    procs.announce(job_dir)  # first: whoever looks finds this process, even if its starter died
     job = read_json(job_dir / "job.json")
     try:
         result = fine_tune(job, job_dir)
@@ -206,7 +200,10 @@ def main(argv: list[str]) -> int:
     write_json_atomic(job_dir / "result.json", result)
     for name in ("train.jsonl", "test.jsonl"):
         (job_dir / name).unlink(missing_ok=True)
-    delivered = post_event(job["events_url"], run_event(job, result["status"]))
+    from local.platform import announce  # should this process die before it is done, the platform publishes it
+    from shared.failpoints import reached
+    reached("train.after-result")
+    delivered = announce(job_dir)
     print(f"job {job['spec']['name']} {result['status']}; event delivered: {delivered}", flush=True)
     return 0 if result["status"] == "Completed" else 1
 

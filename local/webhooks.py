@@ -53,8 +53,8 @@ def handler_for(host):
 
         def do_GET(self):
             path, _ = self._route()
-            if path == "/admin/host/status":
-                return self._reply(200, {"state": "Running", "functions": sorted(host.functions)})
+            if path == "/admin/host/status":  # Running once every listener is ready, as the real host reports it
+                return self._reply(200, {"state": host.state, "functions": sorted(host.functions)})
             self._reply(404, {"error": f"no route {self.path}"})
 
         def do_OPTIONS(self):

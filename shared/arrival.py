@@ -5,8 +5,17 @@ Which files make a dataset:
 - a multi-file dataset has a `datasets/<dataset>/dataset.json`:
   `{"files": ["data/train_sft-00000-of-00002.parquet", ...], "options": {"split_pc": 5}}`.
   It is prepared once every listed file is there, whichever blob lands last; until then each
-  arrival just waits (no error). A file named like a hub shard (`-00000-of-00003`) without a
-  dataset.json waits for one.
+  arrival just waits (no error). A file named like a hub shard (`-00000-of-00003`) or a split
+  (`train_sft`, `test_sft`, `train_gen`, `test_gen`) without a dataset.json waits for one: it is
+  one part of a dataset, and preparing it alone would fine-tune the wrong data.
+  A waiting dataset is recorded (`flows/_waiting/<dataset>.json`: what it waits for, as of the
+  listing that found it incomplete), so `tuneflow status` shows it.
+
+Memory: the host runs several blob events at once (`extensions.blobs.maxDegreeOfParallelism`), and a
+preparation's memory follows its largest parquet row group. Each one reserves its expected peak
+(`shared.dataset.peak_memory_mb`) from one budget per process (TUNEFLOW_PREP_MEMORY_MB) before it
+starts, and waits while the budget is spent: many small datasets prepare at once, two at the row-group
+limit share the budget, and one larger than the whole budget runs alone.
 
 Order of writes, so that nothing half-done looks done: data files, `manifest.json`, then the
 sources index, and the queue message only after that (the host writes output bindings after the
@@ -19,17 +28,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared import flows, naming, storage
+from shared import failpoints, flows, naming, storage
 from shared.contracts import DATASETS_CONTAINER, FLOWS_CONTAINER, PREPARED_CONTAINER
-from shared.dataset import DatasetRefused, PrepareOptions, prepare_to_dir, version_of
+from shared.dataset import DatasetRefused, PrepareOptions, peak_memory_mb, prepare_to_dir, version_of
 from shared.outputs import OUTPUT_FILES
 from shared.observability import bind_flow
-from shared.sources import SHARD_RE, Source
+from shared.sources import SHARD_RE, Source, split_of
 from shared.ttl import format_utc, utcnow
 
 if TYPE_CHECKING:  # pydantic is imported when a message is built, not at worker start-up
@@ -38,8 +49,52 @@ if TYPE_CHECKING:  # pydantic is imported when a message is built, not at worker
 log = logging.getLogger("tuneflow.arrival")
 
 
+class MemoryBudget:
+    """Megabytes that preparations reserve before they run; a reservation waits until it fits (or until
+    nothing else is reserved, so that one larger than the whole budget still runs, alone)."""
+
+    def __init__(self, total_mb: int):
+        self.total_mb, self.used_mb, self.peak_mb = total_mb, 0, 0
+        self._cv = threading.Condition()
+
+    @contextmanager
+    def reserve(self, mb: int):
+        with self._cv:
+            self._cv.wait_for(lambda: self.used_mb == 0 or self.used_mb + mb <= self.total_mb)
+            self.used_mb += mb
+            self.peak_mb = max(self.peak_mb, self.used_mb)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.used_mb -= mb
+                self._cv.notify_all()
+
+
+_budget: MemoryBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def budget() -> MemoryBudget:
+    """The process's preparation budget (TUNEFLOW_PREP_MEMORY_MB), made on first use."""
+    global _budget
+    from shared import settings
+    with _budget_lock:
+        if _budget is None:
+            _budget = MemoryBudget(settings.get_int("TUNEFLOW_PREP_MEMORY_MB", 1))
+        return _budget
+
+
 class BlobChanged(RuntimeError):
     """The blob was overwritten while it was being read: raise, so the trigger retries the new version."""
+
+
+@dataclass
+class Waiting:
+    """The dataset is incomplete: `waiting_for` says what is missing (a line for the log and the status)."""
+    dataset: str
+    waiting_for: str
+    files: list[str]  # the dataset's files present when it was found incomplete
 
 
 @dataclass
@@ -77,22 +132,28 @@ def _report_invalid(prepared, key: str, report: dict) -> str:
     return name
 
 
-def find_dataset_files(datasets, dataset: str, arrived: str) -> DatasetFiles | str:
-    """The files of the dataset the arrived blob belongs to, or a string saying why it waits / is ignored."""
+def find_dataset_files(datasets, dataset: str, arrived: str) -> DatasetFiles | Waiting | str:
+    """The files of the dataset the arrived blob belongs to, what it waits for, or a string saying why the
+    blob is ignored."""
     listing = {b.name.split("/", 1)[1]: b.etag for b in datasets.list_blobs(name_starts_with=f"{dataset}/")}
     spec = storage.get_json(datasets, f"{dataset}/{naming.DATASET_FILE}") if naming.DATASET_FILE in listing else None
+    present = sorted(f for f in listing if f != naming.DATASET_FILE)
     if spec is None:
         if arrived == naming.DATASET_FILE:
             return "dataset.json vanished"
-        if SHARD_RE.search(arrived):
-            return f"{arrived} looks like one shard of a multi-file dataset: waiting for {dataset}/{naming.DATASET_FILE}"
+        part = ("a hub shard" if SHARD_RE.search(arrived) else
+                f"a split ({Path(arrived).name})" if split_of(arrived) != "hash" else None)
+        if part:
+            return Waiting(dataset, f"{naming.DATASET_FILE} ({arrived} is named as {part} of a multi-file dataset)",
+                           present)
         return DatasetFiles(dataset, {arrived: listing.get(arrived, "")}, {})
     files, options = _read_spec(spec, dataset)
     if arrived != naming.DATASET_FILE and arrived not in files:
         return f"{arrived} is not listed in {dataset}/{naming.DATASET_FILE}: ignored"
     missing = [f for f in files if f not in listing]
     if missing:
-        return f"waiting for {len(missing)} of {len(files)} files listed in {dataset}/{naming.DATASET_FILE} (e.g. {missing[0]})"
+        return Waiting(dataset, f"{len(missing)} of {len(files)} files listed in {naming.DATASET_FILE} "
+                                f"(e.g. {missing[0]})", present)
     return DatasetFiles(dataset, {f: listing[f] for f in files}, options)
 
 
@@ -136,9 +197,14 @@ def handle_dataset_blob(blob_client) -> FinetuneRequest | None:
         return None
     datasets = storage.container(DATASETS_CONTAINER)
     try:
+        listed_at = utcnow()  # before the listing: a marker never claims more than the listing saw
         found = find_dataset_files(datasets, dataset, arrived)
         if isinstance(found, str):
             log.info("%s: %s", blob_name, found)
+            return None
+        if isinstance(found, Waiting):
+            log.info("%s: %s waits for %s", blob_name, dataset, found.waiting_for)
+            flows.record_waiting(storage.container(FLOWS_CONTAINER), dataset, found.waiting_for, found.files, listed_at)
             return None
         options = PrepareOptions.from_settings(found.options)
     except (DatasetRefused, ValueError) as exc:
@@ -178,14 +244,16 @@ def _prepare_files(found: DatasetFiles, options: PrepareOptions, datasets, prepa
         else:
             out = Path(tmp) / "out"
             try:
-                manifest = prepare_to_dir(dataset, sources, options, out, started)
+                with budget().reserve(peak_memory_mb(sources)):
+                    manifest = prepare_to_dir(dataset, sources, options, out, started)
             except DatasetRefused as refused:
                 _write_refusal(prepared, flow_log, prefix, out, refused, request)
                 return None
             for name in OUTPUT_FILES:
                 with open(out / name, "rb") as f:
                     prepared.upload_blob(f"{prefix}/{name}", f, overwrite=True)
-            storage.put_json(prepared, f"{prefix}/manifest.json", manifest)
+                failpoints.reached("arrival.output-uploaded")
+            storage.put_json(prepared, f"{prefix}/manifest.json", manifest)  # last: it marks the version done
             flows.record(flow_log, request.flow_id, "prepared", dataset=dataset, version=version,
                          detail={"rows": manifest["rows"], "files": [d["blob"] for d in manifest["sources"]]})
             log.info("prepared %s -> prepared/%s: %s", dataset, prefix, manifest["rows"])

@@ -263,6 +263,28 @@ def _random_sample(lf, where, options: PrepareOptions):
     return lf
 
 
+# What one preparation adds to its process at its peak, fitted to bench/prepare_concurrency.py on 2 cores:
+# polars' working set plus about 1.6x the largest parquet row group (decoded whole), or 1.5x the JSON read.
+PEAK_BASE_MB = 60
+PEAK_PER_ROW_GROUP_MB = 1.6
+PEAK_PER_JSON_MB = 1.5
+
+
+def peak_memory_mb(sources: list[Source]) -> int:
+    """A preparation's expected peak memory over its process's baseline, from its inputs (parquet: the
+    footers' largest row group; JSON: the bytes), for the process-wide preparation budget."""
+    largest_group, json_bytes = 0, 0
+    for src in sources:
+        if src.kind == "parquet":
+            try:
+                largest_group = max([largest_group] + [g.bytes for g in row_groups(src.path)])
+            except FooterError:
+                continue  # refused once prepared: it costs nothing
+        else:
+            json_bytes += src.bytes
+    return int(PEAK_BASE_MB + PEAK_PER_ROW_GROUP_MB * largest_group / 1e6 + PEAK_PER_JSON_MB * json_bytes / 1e6)
+
+
 def _check_row_groups(src: Source) -> None:
     """polars decodes a whole row group at once, so memory follows the largest one: refuse, with the
     fix, a file that would not fit rather than let the instance run out of memory on every retry."""

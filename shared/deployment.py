@@ -33,6 +33,10 @@ SMOKE_ATTEMPTS = 4
 def handle_deploy(request: DeployRequest, backend: MLBackend, prepared, flow_log,
                   sleep: Callable[[float], None] = time.sleep) -> EndpointInfo | None:
     name = naming.endpoint_name(request.model_name, request.model_version, backend.workspace_id)
+    if flows.reached(flow_log, request.flow_id, "reaped"):  # a late or repeated request must not bring it back
+        log.info("flow %s was reaped: not deploying %s:%s again", request.flow_id, request.model_name,
+                 request.model_version)
+        return None
     try:
         endpoint = _ensure_endpoint(name, request, backend)
     except NameTaken as exc:  # no redelivery can fix it: record why and stop

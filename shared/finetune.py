@@ -27,7 +27,7 @@ def default_params() -> dict:
 def job_spec(request: FinetuneRequest) -> JobSpec:
     base_model = base_model_name()
     return JobSpec(
-        name=naming.job_name(request.dataset, request.version, request.params),
+        name=naming.job_name(request.dataset, request.version, request.params, request.attempt),
         experiment=f"chat_completion_{base_model}",
         display_name=f"{base_model}-{request.dataset}-{request.version[:8]}",
         base_model=base_model,
@@ -58,5 +58,6 @@ def handle_request(request: FinetuneRequest, backend: MLBackend, prepared, flow_
         job = backend.get_job(spec.name)
         log.info("job %s already exists (%s): nothing to submit", spec.name, job.status)
     flows.record(flow_log, request.flow_id, "submitted", dataset=request.dataset, version=request.version,
-                 job=spec.name, detail={"params": spec.params})
+                 job=spec.name, detail={"params": spec.params, "request_params": request.params,
+                                        "attempt": request.attempt})
     return job

@@ -3,6 +3,11 @@
 Append-only and first-write-wins (`flows/<flow-id>/<n>-<stage>.json`), so a repeated delivery
 neither duplicates nor rewrites history, and concurrent stages never contend for one blob.
 `tuneflow status` is a pure summary of these records.
+
+A dataset still incomplete (a multi-file dataset missing files, a split waiting for its
+dataset.json) has no flow yet: `flows/_waiting/<dataset>.json` says what it waits for, as of the
+listing that found it incomplete. It counts until a flow of that dataset is prepared or refused
+after that listing (`waiting`), so a late or repeated arrival never shows a prepared dataset as waiting.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ STAGES = {
 }
 REPEATABLE = ("extended",)  # a lease can be renewed many times: one record each
 _COLUMNS = ("dataset", "version", "job", "model", "endpoint", "expires_at")
+WAITING_PREFIX = "_waiting/"
 
 
 def record_name(flow_id: str, stage: str, at: str = "") -> str:
@@ -37,12 +43,42 @@ def record(container_client, flow_id: str, stage: str, **fields) -> dict:
     return body
 
 
+def reached(container_client, flow_id: str, stage: str) -> bool:
+    """Whether the flow has a record of `stage` (not for repeatable stages)."""
+    from shared.storage import exists
+    return exists(container_client, record_name(flow_id, stage))
+
+
+def record_waiting(container_client, dataset: str, waiting_for: str, files: list[str], listed_at) -> None:
+    """Say that `dataset` waits for `waiting_for` (as of `listed_at`); the latest listing's word wins."""
+    from shared.storage import put_json
+    put_json(container_client, f"{WAITING_PREFIX}{dataset}.json",
+             {"dataset": dataset, "stage": "waiting", "waiting_for": waiting_for, "files": files,
+              "at": listed_at.isoformat(timespec="milliseconds")})
+
+
 def read_all(container_client) -> list[dict]:
+    """Every flow record (the waiting markers are read by `read_waiting`)."""
+    return [r for name, r in _read(container_client) if not name.startswith(WAITING_PREFIX)]
+
+
+def read_waiting(container_client, records: list[dict]) -> list[dict]:
+    """The datasets that still wait: a marker newer than every prepared/refused record of its dataset."""
+    from datetime import datetime
+    done: dict[str, datetime] = {}
+    for r in records:
+        if r.get("stage") in ("prepared", "refused") and r.get("dataset"):
+            at = datetime.fromisoformat(r["at"])
+            done[r["dataset"]] = max(done.get(r["dataset"], at), at)
+    markers = [r for _, r in _read(container_client, WAITING_PREFIX)]
+    return sorted((m for m in markers if m["dataset"] not in done or datetime.fromisoformat(m["at"]) > done[m["dataset"]]),
+                  key=lambda m: m["at"])
+
+
+def _read(container_client, prefix: str | None = None):
     import json
-    records = []
-    for blob in container_client.list_blobs():
-        records.append(json.loads(container_client.download_blob(blob.name).readall()))
-    return records
+    for blob in container_client.list_blobs(name_starts_with=prefix):
+        yield blob.name, json.loads(container_client.download_blob(blob.name).readall())
 
 
 @dataclass
@@ -61,6 +97,21 @@ class FlowStatus:
     def as_dict(self) -> dict:
         return {"flow_id": self.flow_id, "stage": self.stage, **{c: getattr(self, c) for c in _COLUMNS},
                 "stage_times": self.stage_times, "details": self.details}
+
+    def note(self) -> str:
+        """One line for the table: what a waiting dataset waits for, why a stage failed."""
+        detail = self.details.get(self.stage)
+        if not isinstance(detail, dict):
+            return ""
+        if self.stage == "waiting":
+            return f"waits for {detail.get('waiting_for', '')}"
+        return str(detail.get("error", ""))[:120]
+
+
+def waiting_status(marker: dict) -> FlowStatus:
+    """A waiting dataset as a status row: no flow id yet, stage `waiting`."""
+    return FlowStatus(flow_id="", stage="waiting", dataset=marker["dataset"], stage_times={"waiting": marker["at"]},
+                      details={"waiting": {"waiting_for": marker["waiting_for"], "files": marker.get("files", [])}})
 
 
 def summarize(records: list[dict]) -> list[FlowStatus]:

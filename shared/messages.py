@@ -37,6 +37,7 @@ class FinetuneRequest(_Message):
     dataset: DatasetName
     version: DatasetVersion
     params: dict[str, ParamValue] = Field(default_factory=dict)
+    attempt: int = Field(default=1, ge=1, le=100)  # 2 and up: a retry of a fine-tune that failed (its own job)
 
     @field_validator("params")
     @classmethod

@@ -100,9 +100,11 @@ def prepared_uri(dataset: str, version: str, file: str) -> str:
     return f"{PREPARED_CONTAINER}/{prepared_prefix(dataset, version)}/{file}"
 
 
-def flow_id(dataset: str, version: str, params: dict) -> str:
-    """Correlation id of one flow: one prepared version fine-tuned with one set of parameters."""
-    return str(uuid.uuid5(_FLOW_NAMESPACE, f"{dataset}/{version}/{canonical_json(params)}"))
+def flow_id(dataset: str, version: str, params: dict, attempt: int = 1) -> str:
+    """Correlation id of one flow: one prepared version fine-tuned with one set of parameters (a retry of a
+    failed fine-tune, `attempt` 2 and up, is a flow of its own)."""
+    again = f"/attempt={attempt}" if attempt > 1 else ""
+    return str(uuid.uuid5(_FLOW_NAMESPACE, f"{dataset}/{version}/{canonical_json(params)}{again}"))
 
 
 def slug(text: str, limit: int) -> str:
@@ -110,9 +112,11 @@ def slug(text: str, limit: int) -> str:
     return s or "x"
 
 
-def job_name(dataset: str, version: str, params: dict) -> str:
-    """Azure ML job names: letters, digits, '-' and '_'; ours are `ft-<dataset>-<hash8>`."""
-    return f"ft-{slug(dataset, 24)}-{_digest(dataset, version, canonical_json(params))[:8]}"
+def job_name(dataset: str, version: str, params: dict, attempt: int = 1) -> str:
+    """Azure ML job names: letters, digits, '-' and '_'; ours are `ft-<dataset>-<hash8>` (a retry's hash
+    covers its attempt: Azure ML never reuses a job's name)."""
+    parts = (dataset, version, canonical_json(params)) + ((f"attempt={attempt}",) if attempt > 1 else ())
+    return f"ft-{slug(dataset, 24)}-{_digest(*parts)[:8]}"
 
 
 def model_name(base_model: str, dataset: str) -> str:

@@ -20,6 +20,11 @@ Actions (`reap`): one run at a time (a blob lease; an overlapping run backs off,
 idempotent anyway), bounded concurrency, each delete retried with back-off when throttled and
 confirmed by polling until the endpoint is gone; one audit record per decision, in storage and in
 the log as structured data, with the instance-hours used and the cost a deletion avoids per day.
+
+A timer run is never delivered again, so a run that dies between deleting an endpoint and recording
+it would leave its flow looking alive for good. Each deletion is therefore written ahead
+(`pending/<endpoint>.json` in the state container) and cleared once recorded; the next run records
+the pending deletions whose endpoint is gone (`reaped`, saying which run deleted it).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ TRANSITIONAL_STATES = ("creating", "updating", "deleting")
 FAILED_STATES = ("failed", "canceled")
 LOCK_BLOB = "lock"
 FIRST_SEEN_BLOB = "first-seen.json"
+PENDING_PREFIX = "pending/"
 
 
 @dataclass(frozen=True)
@@ -231,18 +237,26 @@ def reap(backend: MLBackend, now: datetime, policy: ReaperPolicy | None = None, 
         return run
     try:
         endpoints = backend.list_endpoints()
+        if not dry_run:
+            _settle_pending(state, endpoints, run, flow_log)
         first_seen = _first_seen(state, endpoints, now, dry_run)
         run.decisions, run.alert = plan(endpoints, now, policy, first_seen)
         if run.alert:
             log.critical("reaper circuit breaker: %s; nothing deleted", run.alert,
                          extra={"tuneflow": {"event": "reaper-circuit-breaker", "run_id": run.run_id,
                                              "alert": run.alert}})
-        deletes = [d.endpoint for d in run.decisions if d.action == "delete"]
+        by_name = {ep.name: ep for ep in endpoints}
+        deletes = [d for d in run.decisions if d.action == "delete"]
         if deletes and not dry_run:
+            for d in deletes:  # written ahead: a run that dies after a delete leaves its record to the next run
+                _write_pending(state, d, by_name[d.endpoint], run.run_id)
             with ThreadPoolExecutor(max_workers=max(1, policy.concurrency), thread_name_prefix="reaper") as pool:
-                for name, outcome in zip(deletes, pool.map(lambda n: _delete(backend, n, policy, sleep), deletes)):
+                names = [d.endpoint for d in deletes]
+                for name, outcome in zip(names, pool.map(lambda n: _delete(backend, n, policy, sleep), names)):
                     run.outcomes[name] = outcome
-        _audit(run, {ep.name: ep for ep in endpoints}, now, policy, dry_run, state, flow_log)
+        _audit(run, by_name, now, policy, dry_run, state, flow_log)
+        for d in deletes if not dry_run else ():
+            _clear_pending(state, d.endpoint)
     finally:
         if lease:
             _release(lease)
@@ -277,6 +291,43 @@ def _audit(run: ReapRun, by_name: dict, now: datetime, policy: ReaperPolicy, dry
     if state is not None and not dry_run and lines:
         name = f"audit/{format_utc(now)[:10]}/{format_utc(now)}-{run.run_id[:8]}.jsonl"
         state.upload_blob(name, ("\n".join(lines) + "\n").encode(), overwrite=False)
+
+
+def _write_pending(state, decision: ReapDecision, ep: EndpointInfo, run_id: str) -> None:
+    if state is None:
+        return
+    from shared.storage import put_json
+    put_json(state, f"{PENDING_PREFIX}{decision.endpoint}.json",
+             {"endpoint": decision.endpoint, "flow_id": tag(ep.tags, TAG_FLOW_ID) or "", "rule": decision.rule,
+              "reason": decision.reason, "run_id": run_id})
+
+
+def _clear_pending(state, endpoint: str) -> None:
+    if state is None:
+        return
+    from azure.core.exceptions import ResourceNotFoundError
+    try:
+        state.delete_blob(f"{PENDING_PREFIX}{endpoint}.json")
+    except ResourceNotFoundError:
+        pass
+
+
+def _settle_pending(state, endpoints: list[EndpointInfo], run: "ReapRun", flow_log) -> None:
+    """Deletions an earlier run started and did not record (it died): gone now, they are recorded as reaped."""
+    if state is None:
+        return
+    from shared.storage import get_json
+    live = {ep.name for ep in endpoints}
+    for blob in list(state.list_blobs(name_starts_with=PENDING_PREFIX)):
+        pending = get_json(state, blob.name) or {}
+        endpoint = pending.get("endpoint", "")
+        if endpoint and endpoint not in live and pending.get("flow_id") and flow_log is not None:
+            flows.record(flow_log, pending["flow_id"], "reaped", endpoint=endpoint,
+                         detail={"reason": pending.get("reason", ""), "rule": pending.get("rule", ""),
+                                 "run_id": pending.get("run_id", ""), "recorded_by": run.run_id})
+            log.warning("reaper: %s was deleted by run %s, which ended before recording it: recorded now", endpoint,
+                        pending.get("run_id"))
+        _clear_pending(state, endpoint)  # still there: this run decides about it afresh
 
 
 def _first_seen(state, endpoints: list[EndpointInfo], now: datetime, dry_run: bool) -> dict:

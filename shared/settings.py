@@ -44,6 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_MAX_REJECTED_SHARE", "0.05", "Refuse the whole dataset when more than this share of rows is rejected."),
     Setting("TUNEFLOW_MAX_ROW_BYTES", "262144", "Rows larger than this (bytes of JSON) are rejected."),
     Setting("TUNEFLOW_MAX_ROW_GROUP_MB", "256", "Refuse parquet files with a row group larger than this (MB uncompressed): it is decoded whole, and peak memory is about four times the largest row group."),
+    Setting("TUNEFLOW_PREP_MEMORY_MB", "800", "Data preparations running at once in one worker share this many MB (each reserves its expected peak, from its largest row group or its JSON size) and wait while it is spent."),
     Setting("TUNEFLOW_FINETUNE_PARAMS", "{}", "JSON object of default fine-tune parameters, overridden per request."),
     Setting("TUNEFLOW_AZURE_SUBSCRIPTION_ID", "", "Azure backend: subscription of the Azure ML workspace."),
     Setting("TUNEFLOW_AZURE_RESOURCE_GROUP", "", "Azure backend: resource group of the Azure ML workspace."),
@@ -56,6 +57,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_AML_DATASTORE", "tuneflow_prepared", "Azure backend: the workspace datastore that points at the `prepared` container."),
     Setting("TUNEFLOW_INFERENCE_SKU", "", "Azure backend: endpoint instance type; empty: the model's first recommended inference size."),
     Setting("TUNEFLOW_INFERENCE_SKU_OVERRIDE", "false", "Azure backend: `true` deploys on a size outside the model's inference allow-list."),
+    Setting("TUNEFLOW_LOCAL_MAX_JOBS", "0", "Local backend: fine-tune jobs that run at once, as a compute cluster's instances; the rest wait NotStarted; 0: no limit."),
+    Setting("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "3", "Local backend: a job whose process is lost (killed) starts again, up to this many attempts in all; then it fails and its Failed event is published."),
+    Setting("TUNEFLOW_LOCAL_LEASE_S", "", "Local host: seconds a message stays hidden while its function runs, renewed at half (a dead host's messages come back after it); empty: as Azure, 600 for storage queues, 300 for Service Bus (the queue's lockDuration)."),
     Setting("TUNEFLOW_EVENTS_URL", "http://127.0.0.1:7071/runtime/webhooks/EventGrid?functionName=job_events",
             "Local backend: where finished jobs post their Azure ML event (the host's Event Grid route)."),
 )

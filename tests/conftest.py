@@ -7,28 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
+
+from local.waiting import wait_for  # noqa: F401  (the tests' one way to wait)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The published specs and event payloads (../shared/reference, copied here so a bare clone tests
 # against them too; test_reference_copies keeps the copy identical to the source when it is there).
 REFERENCE = ROOT / "tests" / "reference"
 SOURCE_REFERENCE = ROOT.parent / "shared" / "reference"
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def reference_events(name: str):

@@ -57,6 +57,54 @@ def test_a_multi_file_dataset_waits_until_complete_then_is_prepared_once(storage
     assert _prepared_names("hub") == before
 
 
+@pytest.mark.parametrize("order", [("train_sft.jsonl", "test_sft.jsonl", "dataset.json"),
+                                   ("train_sft.jsonl", "dataset.json", "test_sft.jsonl"),
+                                   ("dataset.json", "test_sft.jsonl", "train_sft.jsonl")])
+def test_files_named_as_splits_wait_for_their_dataset_json_in_any_upload_order(storage_env, tmp_path, order):
+    """A split on its own is never prepared (it was: `train_sft.jsonl` split by hash and fine-tuned before the
+    real dataset, an extra GPU job); every arrival event, in any order and repeated, ends in one version."""
+    from shared import flows, storage
+    rows = list(sampledata.rows(200, seed=5))
+    files = {"train_sft.jsonl": sampledata.write_rows(tmp_path / "train_sft.jsonl", rows[:160]).read_bytes(),
+             "test_sft.jsonl": sampledata.write_rows(tmp_path / "test_sft.jsonl", rows[160:]).read_bytes(),
+             "dataset.json": json.dumps({"files": ["train_sft.jsonl", "test_sft.jsonl"]}).encode()}
+    requests = []
+    for i, name in enumerate(order):
+        _upload(f"splits/{name}", files[name])
+        for arrived in order[:i + 1]:  # the events so far, delivered (again) after this upload
+            requests.append(_arrive(f"splits/{arrived}"))
+        if i < len(order) - 1:
+            assert requests[-1] is None and _prepared_names("splits") == [], f"prepared before {order[-1]} arrived"
+            log = storage.container("flows")
+            waiting = flows.read_waiting(log, flows.read_all(log))
+            assert [w["dataset"] for w in waiting] == ["splits"]
+            assert ("dataset.json" in waiting[0]["waiting_for"]) if "dataset.json" not in order[:i + 1] else \
+                "of 2 files listed" in waiting[0]["waiting_for"]
+    done = [r for r in requests if r is not None]
+    assert done and len({r.version for r in done}) == 1
+    manifest = storage.get_json(storage.container("prepared"), f"splits/{done[0].version}/manifest.json")
+    assert (manifest["rows"]["train"], manifest["rows"]["test"]) == (160, 40)  # split by name, not by hash
+    versions = {n.split("/")[1] for n in _prepared_names("splits") if n.endswith("/manifest.json")}
+    assert versions == {done[0].version}
+    # Prepared now: the dataset no longer shows as waiting, whatever marker a late arrival left.
+    flows.record(storage.container("flows"), done[0].flow_id, "prepared", dataset="splits", version=done[0].version)
+    log = storage.container("flows")
+    assert flows.read_waiting(log, flows.read_all(log)) == []
+
+
+@pytest.mark.parametrize("name", ["train_sft.jsonl", "data/test_gen-00000-of-00001.parquet", "my_train_sft_part.jsonl"])
+def test_a_split_or_shard_without_dataset_json_waits_and_says_so(storage_env, tmp_path, name):
+    from shared import flows, storage
+    data = sampledata.write(tmp_path / "x.jsonl" if name.endswith("jsonl") else tmp_path / "x.parquet", 40).read_bytes()
+    _upload(f"alone/{name}", data)
+    assert _arrive(f"alone/{name}") is None
+    assert _prepared_names("alone") == []
+    log = storage.container("flows")
+    (marker,) = flows.read_waiting(log, flows.read_all(log))
+    assert marker["dataset"] == "alone" and marker["waiting_for"].startswith("dataset.json") and name in marker["waiting_for"]
+    assert flows.waiting_status(marker).note().startswith("waits for dataset.json")
+
+
 def test_files_not_listed_are_ignored_and_a_bad_dataset_json_is_reported(storage_env, tmp_path):
     data = sampledata.write(tmp_path / "a.jsonl", 50).read_bytes()
     _upload("listed/dataset.json", json.dumps({"files": ["a.jsonl"]}).encode())
@@ -94,3 +142,27 @@ def test_a_blob_outside_the_datasets_container_is_ignored(storage_env):
     other.upload_blob("ds/train.jsonl", b'{"messages": []}\n')
     assert handle_dataset_blob(other.get_blob_client("ds/train.jsonl")) is None
     assert list(storage.container("prepared").list_blobs()) == []
+
+
+def test_a_preparation_killed_between_its_files_leaves_no_manifest_and_the_retry_completes_it(storage_env, tmp_path):
+    """The manifest is what marks a version done: written after every data file, so a crash in between
+    leaves a version that the next run prepares again, never one that looks done without its data."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from shared import storage
+    _upload("killed/d.jsonl", sampledata.write(tmp_path / "d.jsonl", 60).read_bytes())
+    code = ("from shared import storage; from shared.arrival import handle_dataset_blob; "
+            "handle_dataset_blob(storage.container('datasets').get_blob_client('killed/d.jsonl'))")
+    for nth in (1, 2):  # after the first data file, after the second
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                              env={**os.environ, "TUNEFLOW_FAILPOINTS": f"arrival.output-uploaded@{nth}"})
+        assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-1500:]
+        names = _prepared_names("killed")
+        assert len([n for n in names if not n.endswith("manifest.json")]) >= nth
+        assert not any(n.endswith("/manifest.json") for n in names), f"a manifest before all the data: {names}"
+    request = _arrive("killed/d.jsonl")
+    assert request is not None
+    manifest = storage.get_json(storage.container("prepared"), f"killed/{request.version}/manifest.json")
+    assert manifest["rows"]["train"] + manifest["rows"]["test"] == 60

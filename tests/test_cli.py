@@ -92,10 +92,11 @@ def test_up_runs_the_host_until_interrupted(storage_env, tmp_path):
         def running():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/host/status", timeout=2) as r:
-                    return json.loads(r.read())
+                    status = json.loads(r.read())
+                    return status if status["state"] == "Running" else None
             except OSError:
                 return None
-        status = wait_for(running, 60, "`tuneflow up` to serve the host status")
+        status = wait_for(running, 60, "`tuneflow up` to report the host Running")
         assert status["functions"] == ["data_arrival", "deploy", "job_events", "reaper", "submit"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
@@ -373,3 +374,29 @@ def test_endpoints_list_and_extend_on_the_local_backend(workspace, tmp_path):
         assert bad.returncode == 1 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     from shared import storage
     assert [b.name for b in storage.container("flows").list_blobs() if "-extended-" in b.name]
+
+
+@pytest.mark.integration
+def test_submit_retry_redoes_a_failed_fine_tune_as_a_new_flow_and_only_then(storage_env):
+    """A fine-tune whose job failed for good (say, killed in every attempt) is redone by `submit --retry`:
+    a new flow with its own job, never the failed job's name again (Azure ML does not reuse job names)."""
+    from shared import flows, naming, storage
+    from shared.messages import FinetuneRequest
+    version = "0123456789abcdef"
+    storage.put_json(storage.container("prepared"), f"again/{version}/manifest.json", {})
+    log = storage.container("flows")
+    first = naming.flow_id("again", version, {})
+    res = tuneflow("submit", f"prepared/again/{version}", "--retry")
+    assert res.returncode == 1 and "no fine-tune with these parameters yet" in res.stderr
+    flows.record(log, first, "submitted", dataset="again", version=version, job=naming.job_name("again", version, {}))
+    res = tuneflow("submit", f"prepared/again/{version}", "--retry")
+    assert res.returncode == 1 and "is at stage submitted, not job-failed" in res.stderr
+    flows.record(log, first, "job-failed", dataset="again", version=version, detail={"error": "killed"})
+    res = tuneflow("submit", f"prepared/again/{version}", "--retry")
+    assert res.returncode == 0, res.stderr
+    (msg,) = storage.queue("finetune-requests").receive_messages()
+    import base64
+    request = FinetuneRequest.parse(base64.b64decode(msg.content))
+    assert request.attempt == 2 and request.flow_id == naming.flow_id("again", version, {}, 2) != first
+    retried = naming.job_name("again", version, {}, 2)
+    assert retried != naming.job_name("again", version, {}) and retried in res.stdout.replace("\n", "")

@@ -70,8 +70,8 @@ def test_dataset_travels_the_whole_way_and_repeats_are_harmless(host, workspace,
     assert [d.name for d in workspace.jobs.iterdir()] == [status.job]
 
     # The completion event delivered again: still one model version and one endpoint.
-    from local.train import post_event, run_event
-    from shared.ml.local import read_json
+    from local.platform import post_event, run_event
+    from shared.ml.procs import read_json
     job_record = read_json(workspace.jobs / status.job / "job.json")
     assert post_event(host.base_url + "/runtime/webhooks/EventGrid?functionName=job_events",
                       run_event(job_record, "Completed"), deadline_s=30)

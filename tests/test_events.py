@@ -237,3 +237,32 @@ def test_job_events_registers_and_requests_a_deploy_from_either_schema(schema, w
         bus.use(None)
     model = naming.model_name(base_model_name(), "race")
     assert sent == [("deployments", f"{model}:{naming.model_version(JOB)}")]
+
+
+def test_explain_all_says_what_each_event_became_in_full():
+    """Every field of every line: the CLI's table and `--json` print exactly these."""
+    completed = published(event_type="RunCompleted")
+    repeat = dict(completed)
+    late_failure = {**published(status="failed"), "id": "third-event"}
+    invalid = {"id": "x"}
+    out = explain_all([completed, repeat, invalid, late_failure])
+    job, eid = PUBLISHED_JOB, completed["id"]
+    assert out[0] == {"action": "register", "job": job, "reason": out[0]["reason"], "event_id": eid,
+                      "event_type": "Microsoft.MachineLearningServices.RunCompleted"}
+    assert out[1] == {"action": "ignore", "job": job, "reason": f"repeat of event {eid}", "event_id": eid,
+                      "event_type": "Microsoft.MachineLearningServices.RunCompleted"}
+    assert out[2]["action"] == "ignore" and out[2]["job"] == "" and out[2]["reason"].startswith("invalid event: ")
+    assert set(out[2]) == {"action", "job", "reason"}
+    assert out[3] == {"action": "ignore", "job": job, "reason": f"stale: job already completed (event {eid})",
+                      "event_id": "third-event", "event_type": "Microsoft.MachineLearningServices.RunStatusChanged"}
+
+
+def test_explain_all_keeps_a_failure_as_the_terminal_status_and_reads_on_after_it():
+    failed = published(status="failed")
+    completed_later = {**published(event_type="RunCompleted"), "id": "later"}
+    again = {**published(status="Failed", pascal=True), "id": "again"}
+    out = explain_all([failed, completed_later, again, failed])
+    assert [o["action"] for o in out] == ["record-failure", "ignore", "ignore", "ignore"]
+    assert out[1]["reason"] == f"stale: job already failed (event {failed['id']})"
+    assert out[2]["reason"] == f"the same outcome reported again: job already failed (event {failed['id']})"
+    assert out[3]["reason"] == f"repeat of event {failed['id']}"

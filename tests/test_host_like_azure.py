@@ -188,6 +188,54 @@ def test_default_limits_are_the_extensions_defaults(tmp_path, monkeypatch):
             config.blob_parallelism, config.poison_blob_threshold, config.worker_threads) == (8, 32, 16, 5, 6)
 
 
+@pytest.mark.parametrize("kind", ["q", "sb"])
+def test_a_run_longer_than_its_lease_keeps_its_message_hidden_and_runs_once(probe_host, monkeypatch, kind):
+    """The host renews a running message's lease at half its length: without that, a run longer than the
+    lease is handed to a second invocation while the first goes on."""
+    from shared import storage
+    monkeypatch.setenv("TUNEFLOW_LOCAL_LEASE_S", "2")
+    probe.reset(hold=True)
+    host = probe_host()
+    if kind == "q":
+        storage.send_queue_message("probe-q", "long")
+    else:
+        host.service_bus.send("probe-sb", "long", "long-1")
+    wait_for(lambda: probe.running(kind) == 1, 60, "the run to start")
+    queue = "probe-q" if kind == "q" else "probe-sb"
+    import time
+    deadline = time.monotonic() + 7  # three and a half leases
+    while time.monotonic() < deadline:
+        assert len(probe.args(kind)) == 1, "the message was handed out again while its run went on"
+        assert _peek(queue) == [], "the running message became visible"
+        time.sleep(0.2)
+    probe.release.set()
+    wait_for(lambda: len(invocations(host, kind, "Succeeded")) == 1, 60, "the run to end")
+    wait_for(lambda: not list(_queue(queue).peek_messages()), 30, "the message to be completed")
+    assert len(probe.args(kind)) == 1
+
+
+def test_a_message_taken_over_after_its_lease_ran_out_is_left_to_its_new_receiver(probe_host, monkeypatch, caplog):
+    """Renewals failed (storage was unreachable) and the lease ran out: the message was handed out again,
+    and the first run's delete meets a pop receipt that no longer matches. As the host does, that is the
+    new receiver's message now: no error, and the new receiver completes it."""
+    import logging
+
+    from local import listeners
+    from shared import storage
+    monkeypatch.setenv("TUNEFLOW_LOCAL_LEASE_S", "2")
+    monkeypatch.setattr(listeners._Leases, "renew_due", lambda self: None)
+    probe.reset(hold=True)
+    host = probe_host()
+    storage.send_queue_message("probe-q", "taken")
+    wait_for(lambda: len(probe.args("q")) == 2, 60, "the message to be handed out again")
+    with caplog.at_level(logging.INFO, logger="tuneflow.host"):
+        probe.release.set()
+        wait_for(lambda: len(invocations(host, "q", "Succeeded")) == 2, 60, "both runs to end")
+        wait_for(lambda: not list(_queue("probe-q").peek_messages()), 30, "the message to be completed")
+    assert "taken over by another receiver" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 # -- 2. blob trigger through Event Grid: no receipts -------------------------------------------------
 
 def test_every_delivered_blob_event_runs_the_function(probe_host):
@@ -199,16 +247,18 @@ def test_every_delivered_blob_event_runs_the_function(probe_host):
     assert {c.blob_name for c in probe.args("b")} == {"twice.json"}
 
 
-def test_a_failing_blob_goes_to_the_poison_queue_after_poison_blob_threshold(probe_host):
+@pytest.mark.parametrize("blobs, runs", [({}, 5), ({"poisonBlobThreshold": 2}, 2)], ids=["default-5", "host.json-2"])
+def test_a_failing_blob_goes_to_the_poison_queue_after_poison_blob_threshold(probe_host, blobs, runs):
+    """The host moves it there itself, after poisonBlobThreshold runs (5 by default), not the queues'
+    maxDequeueCount (here 9)."""
     probe.reset(fail=lambda name, arg: True)
-    host = probe_host({"queues": {"maxDequeueCount": 5, "visibilityTimeout": "00:00:00"},
-                       "blobs": {"poisonBlobThreshold": 2}})
+    host = probe_host({"queues": {"maxDequeueCount": 9, "visibilityTimeout": "00:00:00"}, "blobs": blobs})
     _upload("probe-drop", "bad.json")
     _post(_blob_url(host), _blob_created("probe-drop", "bad.json"))
     poison = wait_for(lambda: _poisoned("webjobs-blobtrigger-poison"), 60, "the blob poison queue")
-    assert poison[0]["deliveries"] == 2 and "failed as the test asked" in poison[0]["reason"]
+    assert poison[0]["deliveries"] == runs and "failed as the test asked" in poison[0]["reason"]
     assert json.loads(poison[0]["message"])["blob"] == "bad.json"
-    assert len(invocations(host, "b")) == 2
+    assert len(invocations(host, "b")) == runs
 
 
 def test_a_blob_deleted_before_its_event_runs_nothing(probe_host):
@@ -249,6 +299,17 @@ def test_a_cloudevents_delivery_is_a_cloud_event_and_an_event_grid_one_an_event_
     assert isinstance(first, func.CloudEvent) and first.type == "Probe.Happened" and first.source == "/probe"
     assert isinstance(second, func.EventGridEvent) and second.event_type == "Probe.Happened"
     assert second.event_time.microsecond == 123456  # seven fractional digits, as the library trims them
+
+
+def test_a_delivery_whose_function_fails_is_answered_500_so_event_grid_delivers_it_again(probe_host):
+    probe.reset(fail=lambda name, arg: arg.subject == "probe/1")
+    host = probe_host()
+    status, body = _post(_eg_url(host), [_event(0), _event(1)])
+    assert status == 500 and "failed as the test asked" in body["error"]
+    assert sorted(e.subject for e in probe.args("eg")) == ["probe/0", "probe/1"]  # both ran
+    probe.reset()
+    status, _ = _post(_eg_url(host), [_event(0), _event(1)])
+    assert status == 202
 
 
 def test_an_event_time_the_library_cannot_read_fails_the_delivery(probe_host):

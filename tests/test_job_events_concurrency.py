@@ -28,7 +28,7 @@ def user_function(module, name: str):
 def finished_job(workspace, tmp_path, name: str = JOB, flow: str = FLOW) -> None:
     """A pipeline run that completed, as local.train leaves it in the workspace (job.json, result.json),
     without training: its output is a folder the MLflow registry accepts as a model source."""
-    from shared.ml.local import write_json_atomic
+    from shared.ml.procs import write_json_atomic
     model = tmp_path / "trained_model"
     model.mkdir()
     (model / "MLmodel").write_text("flavors: {}\n")

@@ -36,11 +36,11 @@ def test_a_job_that_fails_reports_failed_with_the_reason_and_a_second_submit_is_
         workspace.register_model("m", "1", job.name, {})
 
 
-def test_deploy_claims_the_name_once(workspace):
-    (workspace.endpoints / "tf-taken").mkdir()
-    with pytest.raises(AlreadyExists):
-        workspace.deploy("tf-taken", ModelRef("m", "1", {"mlflow.version": "1"}), {})
+def test_a_claim_whose_record_was_never_written_is_no_endpoint_and_the_next_deploy_finishes_it(workspace):
+    (workspace.endpoints / "tf-taken").mkdir()  # a deploy that died right after claiming the name
     assert workspace.list_endpoints() == []  # a claim without a record is not an endpoint
+    with pytest.raises(NotFound):  # the next deploy carries on with it (here: and finds no such model)
+        workspace.deploy("tf-taken", ModelRef("m", "1"), {})
 
 
 def test_an_unknown_backend_is_named(monkeypatch):

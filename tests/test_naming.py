@@ -55,6 +55,22 @@ def test_endpoint_names_follow_azure_rules(model, version):
     assert 3 <= len(name) <= 32
 
 
+def test_a_retry_is_a_flow_and_a_job_of_its_own_and_the_first_attempt_keeps_its_names():
+    v = "0123456789abcdef"
+    assert naming.flow_id("d", v, {}, 1) == naming.flow_id("d", v, {})
+    assert naming.job_name("d", v, {}, 1) == naming.job_name("d", v, {})
+    assert len({naming.flow_id("d", v, {}, a) for a in (1, 2, 3)}) == 3
+    assert len({naming.job_name("d", v, {}, a) for a in (1, 2, 3)}) == 3
+
+
+def test_each_model_version_gets_its_own_endpoint_name():
+    """One endpoint per model version: a name that ignored the version would send a new model's deploy
+    request to the old model's endpoint, which deploy then takes as already serving."""
+    names = {naming.endpoint_name("Phi-4-ultrachat", str(v), "sub/rg/ws") for v in (1, 2, 3, 2147483647)}
+    assert len(names) == 4
+    assert naming.endpoint_name("Phi-4-ultrachat", "1", "w") != naming.endpoint_name("Phi-4-other", "1", "w")
+
+
 def test_endpoint_names_differ_per_workspace_and_ignore_its_case():
     """Azure makes online endpoint names unique per region across workspaces: dev and prod in one
     region deploying the same model version must not compute the same name."""
@@ -79,3 +95,43 @@ def test_model_versions_use_the_whole_range():
 def test_ignored_blobs():
     assert naming.is_ignored_blob("d/x.error.json")
     assert not naming.is_ignored_blob("d/x.json")
+
+
+# -- golden names: a deployed tuneflow and the next release must name the same thing the same way, or a
+# repeat after an upgrade is a second job, model version or endpoint. Changing one of these is a migration.
+@pytest.mark.parametrize("made, expected", [
+    (lambda: naming.canonical_json({"b": 1, "a": ["é", 2]}), '{"a":["\\u00e9",2],"b":1}'),
+    (lambda: naming.flow_id("ds", "v1", {}), "e8436b39-bf01-556d-a9a8-74d891421130"),
+    (lambda: naming.flow_id("ds", "v1", {}, 2), "eb48e502-3660-53fe-b0ad-817c98080eeb"),
+    (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}), "ft-ultrachat-a9fe2a58"),
+    (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}, attempt=2), "ft-ultrachat-0a852094"),
+    (lambda: naming.job_name("a" * 40, "v1", {}), "ft-" + "a" * 24 + "-" + naming.job_name("a" * 40, "v1", {})[-8:]),
+    (lambda: naming.endpoint_name("phi-3-mini-4k-instruct-ultrachat", "7", "sub/rg/WS"), "tf-phi-3-mini-4k-inst-9b2660c8"),
+    (lambda: naming.endpoint_name("phi-3-mini-4k-instruct-ultrachat", "7", "sub/rg/ws"), "tf-phi-3-mini-4k-inst-9b2660c8"),
+], ids=["canonical-json", "flow", "flow-retry", "job", "job-retry", "job-long-dataset", "endpoint", "endpoint-ws-case"])
+def test_names_are_stable_across_releases(made, expected):
+    assert made() == expected
+
+
+@pytest.mark.parametrize("blob, message", [
+    ("a/b/c/d.txt", "blob 'a/b/c/d.txt' is not '<dataset>/<file>' (or '<dataset>/<folder>/<file>'): put each dataset "
+                    "in its own folder, e.g. datasets/my-data/train.jsonl"),
+    ("a/../b.jsonl", "folder name '..' in blob 'a/../b.jsonl' is not allowed: use letters, digits, '_', '-', '.', "
+                     "starting with a letter or digit (^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$)"),
+    ("ds/sub/x y.jsonl", "file name 'x y.jsonl' in blob 'ds/sub/x y.jsonl' is not allowed: use letters, digits, '_', "
+                         "'-', '.', starting with a letter or digit (^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$)"),
+    ("Bad Name/x.jsonl", "dataset name 'Bad Name' in blob 'Bad Name/x.jsonl' is not allowed: use letters, digits, '_', "
+                         "'-', '.', starting with a letter or digit (^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$)"),
+    ("d/" + "f" * 100 + ".jsonl", None),  # a file name may be longer than a dataset name
+    ("d" * 63 + "/x.jsonl", None),
+    ("d" * 64 + "/x.jsonl", "dataset name"),
+    ("ds/a..b.jsonl", "file name 'a..b.jsonl'"),
+    ("ds/x.txt", "file 'x.txt' has an unsupported type: use one of .jsonl, .jsonl.gz, .json, .parquet"),
+])
+def test_a_refused_blob_name_says_which_part_is_wrong_and_the_rule(blob, message):
+    if message is None:
+        naming.dataset_blob(blob)
+        return
+    with pytest.raises(naming.InvalidName) as exc:
+        naming.dataset_blob(blob)
+    assert str(exc.value).startswith(message) if message.endswith(")") or "unsupported" in message else message in str(exc.value)

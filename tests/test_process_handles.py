@@ -1,15 +1,20 @@
-"""The local workspace's process handles: a pid is trusted only with its creation time, so a recycled
-pid never makes a dead job or endpoint look alive, and a stop never signals somebody else's process."""
+"""The local workspace's process handles (shared/ml/procs.py): a pid is trusted only with its creation
+time, so a recycled pid never makes a dead job or endpoint look alive, and a stop never signals somebody
+else's process; and a process is never lost track of, whichever side dies: the spawner between its
+intent and the handle, or the process before it announced itself."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
-from shared.ml.local import LocalWorkspace, process_alive, process_handle, stop_process
+from shared.ml import procs
+from shared.ml.local import LocalWorkspace
+from shared.ml.procs import process_alive, process_handle, stop_process
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -24,23 +29,26 @@ def sleeper():
     proc.wait(timeout=10)
 
 
-def _job(ws: LocalWorkspace, name: str, pid_file: dict) -> None:
+def _job(ws: LocalWorkspace, name: str, spawn_file: dict | None = None, process_file: dict | None = None) -> None:
     job_dir = ws.jobs / name
     job_dir.mkdir()
     (job_dir / "job.json").write_text(json.dumps({"spec": {"tags": {}}, "created_at": "2026-01-01T00:00:00Z"}))
-    (job_dir / "pid.json").write_text(json.dumps(pid_file))
+    for name, content in (("spawn.json", spawn_file), ("process.json", process_file)):
+        if content is not None:
+            (job_dir / name).write_text(json.dumps(content))
 
 
-@pytest.mark.parametrize("pid_file, status, signalled", [
+@pytest.mark.parametrize("spawn_file, status, signalled", [
     pytest.param(lambda pid: {"pid": pid, "create_time": process_handle(pid)["create_time"] - 3600}, "Failed", False,
                  id="pid-reused"),
     pytest.param(lambda pid: {"pid": pid}, "Failed", False, id="older-file-without-creation-time"),
     pytest.param(lambda pid: {"pid": pid, "create_time": None}, "Failed", False, id="no-creation-time"),
     pytest.param(lambda pid: process_handle(pid), "Running", True, id="the-very-process"),
 ])
-def test_a_pid_counts_only_with_its_creation_time(tmp_path, sleeper, pid_file, status, signalled):
+def test_a_pid_counts_only_with_its_creation_time(tmp_path, sleeper, spawn_file, status, signalled, monkeypatch):
+    monkeypatch.setenv("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "1")  # a lost process is Failed at once, not started again
     ws = LocalWorkspace(tmp_path)
-    _job(ws, "ft-handle-00000000", pid_file(sleeper.pid))
+    _job(ws, "ft-handle-00000000", spawn_file(sleeper.pid))
     assert ws.get_job("ft-handle-00000000").status == status
     ws.stop_all()
     if signalled:
@@ -49,15 +57,65 @@ def test_a_pid_counts_only_with_its_creation_time(tmp_path, sleeper, pid_file, s
         assert sleeper.poll() is None, "stop_all signalled a process that is not the workspace's"
 
 
+def test_a_process_that_announced_itself_is_found_though_its_spawner_died_before_recording_it(tmp_path, sleeper,
+                                                                                                monkeypatch):
+    """The spawner wrote its intent, started the process and died; the process recorded itself. It is this
+    job's running attempt (no second one is started) and the stack's stop reaches it (no orphan)."""
+    monkeypatch.setenv("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "1")
+    ws = LocalWorkspace(tmp_path)
+    _job(ws, "ft-handle-00000001", {"attempt": 1, "spawning_at": time.time() - 3600}, process_handle(sleeper.pid))
+    assert ws.get_job("ft-handle-00000001").status == "Running"
+    assert ws.start_queued() == [] and ws.recover_lost() == []
+    ws.stop_all()
+    assert sleeper.wait(timeout=30) < 0
+
+
+def test_a_restart_that_dies_after_forgetting_the_lost_attempt_keeps_its_count(tmp_path, monkeypatch):
+    """The platform forgot the lost attempt's process and died before starting the next one: the job is not
+    seen as never started (NotStarted, and counted from attempt 1 again), but as lost on attempt 2 of 2."""
+    monkeypatch.setenv("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "2")
+    ws = LocalWorkspace(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    _job(ws, "ft-handle-00000003", {"attempt": 2, "pid": dead.pid, "create_time": 1.0}, {"pid": dead.pid})
+    procs.forget(ws.jobs / "ft-handle-00000003")
+    assert procs.spawned(ws.jobs / "ft-handle-00000003")["attempt"] == 2
+    assert ws.start_queued() == []
+    assert ws.recover_lost() == [("ft-handle-00000003", "failed")]
+    assert "each of its 2 attempt(s)" in ws.get_job("ft-handle-00000003").error
+
+
+@pytest.mark.parametrize("age_s, status", [(1, "Running"), (procs.SPAWN_GRACE_S + 5, "Failed")])
+def test_a_spawn_that_never_recorded_a_process_counts_as_starting_then_as_lost(tmp_path, monkeypatch, age_s, status):
+    monkeypatch.setenv("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "1")
+    ws = LocalWorkspace(tmp_path)
+    _job(ws, "ft-handle-00000002", {"attempt": 1, "spawning_at": time.time() - age_s})
+    assert ws.get_job("ft-handle-00000002").status == status
+
+
 def test_an_endpoint_whose_pid_was_reused_is_not_serving_and_is_left_alone(tmp_path, sleeper):
+    from shared.ml.base import Unavailable
     ws = LocalWorkspace(tmp_path)
     ep_dir = ws.endpoints / "tf-handle"
     ep_dir.mkdir()
-    (ep_dir / "endpoint.json").write_text(json.dumps({"name": "tf-handle", "tags": {}, "created_at": "", "state": "Succeeded"}))
-    (ep_dir / "server.json").write_text(json.dumps({"port": 1, "pid": sleeper.pid}))  # written before creation times
-    assert ws.get_endpoint("tf-handle").provisioning_state == "Failed"
+    (ep_dir / "endpoint.json").write_text(json.dumps({"name": "tf-handle", "tags": {}, "created_at": "", "state": "Succeeded",
+                                                      "port": _free_port()}))
+    (ep_dir / "key").write_text("k")
+    (ep_dir / "process.json").write_text(json.dumps({"port": 1, "pid": sleeper.pid, "ready": True}))  # no creation time
+    assert not procs.alive(ep_dir)
+    # As a managed endpoint whose container died: still Succeeded (provisioning), but not answering.
+    assert ws.get_endpoint("tf-handle").provisioning_state == "Succeeded"
+    with pytest.raises(Unavailable):
+        ws.invoke("tf-handle", {})
     ws.delete_endpoint("tf-handle")
     assert sleeper.poll() is None and not ep_dir.exists()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_process_that_leads_no_group_is_signalled_alone():

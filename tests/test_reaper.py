@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.ml.base import DeploymentInfo, EndpointInfo
-from shared.reaper import ReaperPolicy, circuit_breaker, decide, delete_confirmed, plan, reap
+from shared.reaper import ReapDecision, ReaperPolicy, circuit_breaker, decide, delete_confirmed, plan, reap
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 MANAGED = {"managed-by": "tuneflow"}
@@ -260,3 +260,91 @@ def test_bad_json_settings_name_the_setting(monkeypatch, name, value, words):
     with pytest.raises(SettingError) as exc:
         ReaperPolicy.from_settings() if name == "TUNEFLOW_SKU_PRICES" else endpoint_ttl("ds")
     assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_first_seen_times_persist_across_runs_so_the_grace_runs_out(storage_env):
+    """An endpoint with no creation time gets its age from when the reaper first saw it broken: that time
+    must survive to the next run, or the grace would restart every run and it would never be deleted."""
+    from shared import storage
+    from shared.ml.base import MLError
+    d = azure(created_at_in_properties=False, endpoint_system_data=False)
+    d.fake.fail_deployments = 1
+    with pytest.raises(MLError):
+        deploy(d, "tf-broken", expiry="2026-11-27T00:00:00Z")
+    state = storage.container("reaper")
+    first = reap(d.backend, NOW, POLICY, state=state, sleep=Sleeps())
+    assert [(x.action, x.rule) for x in first.decisions] == [("keep", "broken-grace")]
+    soon = reap(d.backend, NOW + timedelta(minutes=10), POLICY, state=state, sleep=Sleeps())
+    assert [(x.action, x.rule) for x in soon.decisions] == [("keep", "broken-grace")]
+    assert "1200 s of grace left" in soon.decisions[0].reason  # counted from the first run, not this one
+    later = reap(d.backend, NOW + timedelta(minutes=31), POLICY, state=state, sleep=Sleeps())
+    assert [(x.action, x.rule) for x in later.decisions] == [("delete", "broken")]
+    assert later.outcomes == {"tf-broken": "confirmed"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_deletions_run_as_many_at_once_as_the_setting_says(storage_env, monkeypatch, concurrency):
+    import threading
+    from shared import storage
+    monkeypatch.setenv("TUNEFLOW_REAPER_CONCURRENCY", str(concurrency))
+    monkeypatch.setenv("TUNEFLOW_REAPER_MAX_DELETES", "100")
+    monkeypatch.setenv("TUNEFLOW_REAPER_MAX_DELETE_SHARE", "1.0")
+    d = azure()
+    for i in range(6):
+        deploy(d, f"tf-many-{i}")
+    active, peak, cv = [0], [0], threading.Condition()
+    handle = d.fake.handle
+
+    def counting(method, url, headers, body):
+        if method != "DELETE" or "/onlineEndpoints/" not in url:
+            return handle(method, url, headers, body)
+        with cv:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            cv.notify_all()
+            cv.wait_for(lambda: active[0] >= concurrency, timeout=5)  # let the others in, if the pool allows
+        try:
+            return handle(method, url, headers, body)
+        finally:
+            with cv:
+                active[0] -= 1
+    monkeypatch.setattr(d.fake, "handle", counting)
+    run = reap(d.backend, NOW, ReaperPolicy.from_settings(), state=storage.container("reaper"), sleep=Sleeps())
+    assert sorted(run.outcomes.values()) == ["confirmed"] * 6
+    assert peak[0] == concurrency
+
+
+def test_a_run_that_dies_after_deleting_leaves_the_record_to_the_next_run(storage_env, monkeypatch):
+    """A timer run is not delivered again: one that died between deleting an endpoint and recording it left
+    the flow looking alive for good (`tuneflow status`: smoke-tested, its endpoint long gone)."""
+    from shared import flows, reaper, storage
+    d = azure()
+    deploy(d, "tf-expired")
+    state, flow_log = storage.container("reaper"), storage.container("flows")
+
+    def died(*args, **kwargs):
+        raise SystemExit("the worker died here")
+    monkeypatch.setattr(reaper, "_audit", died)
+    with pytest.raises(SystemExit):
+        reap(d.backend, NOW, POLICY, flow_log=flow_log, state=state, sleep=Sleeps())
+    assert "tf-expired" not in d.fake.endpoints and flows.read_all(flow_log) == []  # deleted, not recorded
+    monkeypatch.undo()
+    later = reap(d.backend, NOW + timedelta(minutes=5), POLICY, flow_log=flow_log, state=state, sleep=Sleeps())
+    assert later.decisions == []
+    (record,) = flows.read_all(flow_log)
+    assert record["stage"] == "reaped" and record["endpoint"] == "tf-expired"
+    assert record["detail"]["recorded_by"] == later.run_id != record["detail"]["run_id"]
+    assert list(state.list_blobs(name_starts_with="pending/")) == []
+
+
+def test_a_pending_deletion_whose_endpoint_still_exists_is_decided_again(storage_env):
+    from shared import storage
+    from shared.reaper import _write_pending
+    d = azure()
+    deploy(d, "tf-kept", expiry="2026-11-26T11:00:00Z")  # a deletion planned, then the lease was extended
+    state, flow_log = storage.container("reaper"), storage.container("flows")
+    [endpoint] = d.backend.list_endpoints()
+    _write_pending(state, ReapDecision("tf-kept", "delete", "expired", "old"), endpoint, "run-0")
+    run = reap(d.backend, NOW, POLICY, flow_log=flow_log, state=state, sleep=Sleeps())
+    assert [(x.action, x.rule) for x in run.decisions] == [("keep", "not-expired")]
+    assert list(flow_log.list_blobs()) == [] and list(state.list_blobs(name_starts_with="pending/")) == []

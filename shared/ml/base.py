@@ -32,6 +32,10 @@ class ServiceTimeout(MLError):
     """The service (an endpoint still loading its model) did not answer in time: worth retrying."""
 
 
+class Unavailable(ServiceTimeout):
+    """The endpoint answers 502/503/504, or not at all: its container is (re)starting. Worth retrying."""
+
+
 class NameTaken(MLError):
     """A name Azure makes unique beyond this workspace (online endpoints: per region) is held elsewhere.
     Retrying cannot help: the flow records it and stops."""

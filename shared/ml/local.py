@@ -17,115 +17,31 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
+import uuid
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared import settings
+from shared import failpoints, settings
 from shared.contracts import DEPLOYMENT_NAME
+from shared.ml import procs
+from shared.ml.procs import read_json, write_json_atomic  # noqa: F401  (the local modules' file helpers)
 from shared.ml import base_model_name
 from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError,
-                            ModelRef, NotFound)
+                            ModelRef, NotFound, Unavailable)
 from shared.ttl import format_utc, utcnow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT_START_TIMEOUT_S = 180.0
-# Children this process started, so their exit is noticed (and no zombie looks alive). A pid.json or
-# server.json holds a process handle, {"pid", "create_time"}: a pid is reused once its process is gone,
-# the pair is not, so a recycled pid never makes a dead job or endpoint look alive or gets signalled.
-_CHILDREN: dict[int, subprocess.Popen] = {}
+JOB_NICE = 10
 
 
-def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def process_handle(pid: int) -> dict:
-    """What identifies a process for good: its pid and creation time (a pid alone is reused)."""
-    import psutil
-    return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
-
-
-def _ours(handle: dict | None):
-    """The psutil.Process the handle names, if it still runs (not a zombie) and is the same process:
-    same pid and creation time. A handle without a creation time (an older file) is not ours."""
-    import psutil
-    pid, created = (handle or {}).get("pid"), (handle or {}).get("create_time")
-    if not isinstance(pid, int) or pid <= 0 or not isinstance(created, (int, float)):
-        return None
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-        return None  # our child exited (and is reaped now)
-    try:
-        proc = psutil.Process(pid)
-        if proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-    except psutil.Error:
-        return None
-    return proc
-
-
-def process_alive(handle: dict | None) -> bool:
-    return _ours(handle) is not None
-
-
-def stop_process(handle: dict | None, timeout: float = 10.0) -> None:
-    """SIGTERM the process (its whole group when it leads one, as the children started here do), wait
-    for it to go, SIGKILL if it does not. A process that is not the one the handle names is left alone."""
-    import psutil
-    proc = _ours(handle)
-    if proc is not None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                if os.getpgid(proc.pid) == proc.pid:
-                    os.killpg(proc.pid, sig)
-                else:
-                    proc.send_signal(sig)
-            except (ProcessLookupError, psutil.Error):
-                break
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and process_alive(handle):
-                time.sleep(0.05)
-            if not process_alive(handle):
-                break
-    child = _CHILDREN.pop((handle or {}).get("pid"), None) if proc is not None else None
-    if child is not None:
-        child.wait(timeout=timeout)  # reaped: no zombie left behind
-
-
-def child_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    env.update(extra)
-    return env
-
-
-def spawn(module: str, arg: Path, log: Path, **env: str) -> dict:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module, str(arg)], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=child_env(**env), start_new_session=True,
-                                cwd=str(PROJECT_ROOT))
-    _CHILDREN[proc.pid] = proc
-    return process_handle(proc.pid)  # a child not yet waited for keeps its pid, so this is its creation time
+def _lost(job_dir: Path, attempts: int) -> str:
+    return (f"the job's process was lost (killed) in each of its {attempts} attempt(s) "
+            f"(TUNEFLOW_LOCAL_JOB_ATTEMPTS); see {job_dir / 'log.txt'}")
 
 
 class LocalWorkspace:
@@ -143,32 +59,50 @@ class LocalWorkspace:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
     # -- jobs ---------------------------------------------------------------------------------
+    # A job folder holds job.json (the request, written once), spawn.json and process.json (the running
+    # attempt's process and number, shared/ml/procs.py), result.json (written by the job when it ends) and
+    # event.json (its Azure ML event was delivered or dead-lettered). Like a compute cluster, the workspace runs at most
+    # TUNEFLOW_LOCAL_MAX_JOBS at once (the rest wait NotStarted) and starts a job whose process was lost
+    # (killed, machine restarted) again, as Azure ML does with a preempted node, until
+    # TUNEFLOW_LOCAL_JOB_ATTEMPTS; then the job fails with the reason and its Failed event is published.
+    # `local/platform.py` does the starting, retrying and publishing while the stack runs.
     def submit(self, spec: JobSpec) -> JobInfo:
-        job_dir = self.jobs / spec.name
-        try:
-            job_dir.mkdir()
-        except FileExistsError:
-            raise AlreadyExists(f"job {spec.name} already exists") from None
+        """Claim the job's name with its record in one step: the folder is built under a temporary name and
+        renamed into place, which fails when the name is taken; so no claim is ever without its record
+        (a concurrent or repeated submit finds the job whole, and a crash leaves nothing half made)."""
+        self.ensure_tracking_store()  # before the job exists: whoever starts it finds the store ready
         record = {"spec": spec.__dict__, "created_at": format_utc(utcnow()),
                   "events_url": settings.get("TUNEFLOW_EVENTS_URL"), "tracking_uri": self.tracking_uri,
                   "base_model_dir": self._base_model_dir()}
-        write_json_atomic(job_dir / "job.json", record)
-        self._ensure_tracking_store()
-        write_json_atomic(job_dir / "pid.json", spawn("local.train", job_dir, job_dir / "log.txt"))
+        building = self.jobs / f".{spec.name}.{uuid.uuid4().hex[:8]}"
+        building.mkdir()
+        write_json_atomic(building / "job.json", record)
+        try:
+            os.rename(building, self.jobs / spec.name)
+        except OSError:  # ENOTEMPTY / EEXIST: the name is taken
+            import shutil
+            shutil.rmtree(building, ignore_errors=True)
+            raise AlreadyExists(f"job {spec.name} already exists") from None
+        self.start_queued()
         return self.get_job(spec.name)
 
-    def _ensure_tracking_store(self) -> None:
+    def ensure_tracking_store(self) -> None:
         """Create and migrate the MLflow database once, before any job: jobs started together on a new state
-        folder would otherwise each create and migrate it at the same moment and fail ("table ... already exists")."""
-        ready = self.root / "mlflow.db.ready"
-        if ready.exists():
+        folder would otherwise each create and migrate it at the same moment and fail ("table ... already
+        exists"). It is built under another name and renamed into place, so a process killed half-way leaves
+        no half-migrated database behind; and built by a child process, so the caller (the Functions host,
+        which submits) does not import MLflow (seconds of CPU, holding the GIL) for it."""
+        db = self.root / "mlflow.db"
+        if db.exists():
             return
         with self._lock("tracking"):
-            if ready.exists():
+            if db.exists():
                 return
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # heavy: once per state folder
-            SqlAlchemyStore(self.tracking_uri, (self.root / "artifacts").resolve().as_uri())
-            ready.write_text("created\n")  # only after the migrations completed
+            done = subprocess.run([sys.executable, "-m", "shared.ml.local", "tracking-store", str(self.root)],
+                                  env=procs.child_env(), capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise MLError(f"creating the MLflow tracking store in {self.root} failed: "
+                              f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
 
     def _base_model_dir(self) -> str:
         configured = settings.get("TUNEFLOW_BASE_MODEL_DIR")
@@ -176,23 +110,94 @@ class LocalWorkspace:
             return str(Path(configured).resolve())
         return str(self.root / "base-models" / base_model_name())
 
-    def get_job(self, name: str) -> JobInfo:
-        job_dir = self.jobs / name
-        record = read_json(job_dir / "job.json")
+    @staticmethod
+    def max_attempts() -> int:
+        return settings.get_int("TUNEFLOW_LOCAL_JOB_ATTEMPTS", 1)
+
+    def _job_state(self, job_dir: Path) -> str:
+        """queued | running | lost (its process died without a result) | done."""
+        if (job_dir / "result.json").exists():
+            return "done"
+        if procs.spawned(job_dir) is None:
+            return "queued"
+        return "running" if procs.alive(job_dir) else "lost"
+
+    @staticmethod
+    def _attempt(job_dir: Path) -> int:
+        return int((procs.spawned(job_dir) or {}).get("attempt") or 1)
+
+    def _job_dirs(self) -> list[Path]:
+        return sorted((d for d in self.jobs.iterdir() if not d.name.startswith(".") and (d / "job.json").exists()),
+                      key=lambda d: ((read_json(d / "job.json") or {}).get("created_at", ""), d.name))
+
+    def start_queued(self) -> list[str]:
+        """Start queued jobs, oldest first, while fewer than TUNEFLOW_LOCAL_MAX_JOBS run; the names started."""
+        limit = settings.get_int("TUNEFLOW_LOCAL_MAX_JOBS", 0)
+        started = []
+        with self._lock("jobs"):
+            dirs = self._job_dirs()
+            running = sum(self._job_state(d) == "running" for d in dirs)
+            for job_dir in dirs:
+                if limit and running >= limit:
+                    break
+                if self._job_state(job_dir) == "queued":
+                    self._start_attempt(job_dir, 1)
+                    started.append(job_dir.name)
+                    running += 1
+        return started
+
+    def _start_attempt(self, job_dir: Path, attempt: int) -> None:
+        self.ensure_tracking_store()
+        procs.forget(job_dir)  # the lost attempt's records
+        # At a lower CPU priority: in Azure a job runs on its own compute and never competes with the
+        # Functions host; on one machine this keeps the host's hand-offs quick while jobs train.
+        procs.spawn(job_dir, "local.train", job_dir / "log.txt",
+                    {"attempt": attempt, "started_at": format_utc(utcnow())}, nice=JOB_NICE)
+
+    def recover_lost(self) -> list[tuple[str, str]]:
+        """Start each job whose process was lost again, or fail it after its last attempt (writing the result
+        its process never wrote); [(job, "restarted" | "failed")]. The caller publishes the failures' events."""
+        out = []
+        with self._lock("jobs"):
+            for job_dir in self._job_dirs():
+                if self._job_state(job_dir) != "lost":
+                    continue
+                attempt = self._attempt(job_dir)
+                if attempt < self.max_attempts():
+                    with open(job_dir / "log.txt", "a") as f:
+                        f.write(f"attempt {attempt} of job {job_dir.name} was lost: starting attempt {attempt + 1}\n")
+                    self._start_attempt(job_dir, attempt + 1)
+                    out.append((job_dir.name, "restarted"))
+                else:
+                    write_json_atomic(job_dir / "result.json", {
+                        "status": "Failed", "finished_at": format_utc(utcnow()), "error": _lost(job_dir, attempt)})
+                    out.append((job_dir.name, "failed"))
+        return out
+
+    def unannounced(self) -> list[str]:
+        """Jobs that ended without their event being delivered, whose own process is gone (it died after
+        writing its result): the workspace publishes their event, as Azure ML always does."""
+        return [d.name for d in self._job_dirs() if (d / "result.json").exists() and not (d / "event.json").exists()
+                and not procs.alive(d)]
+
+    def job_record(self, name: str) -> dict:
+        record = read_json(self.jobs / name / "job.json")
         if record is None:
             raise NotFound(f"job {name} not found")
-        tags = record["spec"]["tags"]
+        return record
+
+    def get_job(self, name: str) -> JobInfo:
+        job_dir = self.jobs / name
+        tags = self.job_record(name)["spec"]["tags"]
         result = read_json(job_dir / "result.json")
         if result is not None:
             return JobInfo(name=name, status=result["status"], tags=tags, output_uri=result.get("output_uri", ""),
                            error=result.get("error", ""), metrics=result.get("metrics", {}))
-        handle = read_json(job_dir / "pid.json")
-        if process_alive(handle):
-            return JobInfo(name=name, status="Running", tags=tags)
-        if handle is None and time.time() - (job_dir / "job.json").stat().st_mtime < 30:
-            return JobInfo(name=name, status="NotStarted", tags=tags)
-        return JobInfo(name=name, status="Failed", tags=tags,
-                       error=f"job process exited without a result; see {job_dir / 'log.txt'}")
+        if procs.spawned(job_dir) is None:
+            return JobInfo(name=name, status="NotStarted", tags=tags)  # waiting for a free slot
+        if procs.alive(job_dir) or self._attempt(job_dir) < self.max_attempts():
+            return JobInfo(name=name, status="Running", tags=tags)  # running, or lost and about to start again
+        return JobInfo(name=name, status="Failed", tags=tags, error=_lost(job_dir, self._attempt(job_dir)))
 
     # -- models -------------------------------------------------------------------------------
     def _client(self):
@@ -229,52 +234,77 @@ class LocalWorkspace:
         return ModelRef(name=name, version=version, tags={**mv.tags, "mlflow.version": str(mv.version)})
 
     @contextmanager
-    def _lock(self, what: str):
+    def _lock(self, what: str, wait: bool = True):
+        """An exclusive lock across processes (released when its holder dies); with wait=False it yields
+        False at once when another holds it."""
         import fcntl
-        with open(self.root / f"{what}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{what}.lock", "w") as f:
             try:
-                yield
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # -- endpoints ----------------------------------------------------------------------------
+    # endpoint.json holds the provisioning state (Creating, Succeeded, Failed, Deleting), as Azure's
+    # resource does: a scoring process that crashed leaves it Succeeded (requests fail until the
+    # workspace restarts the process on the same port), as a managed endpoint's container does.
+    # Everything that changes an endpoint holds its lock, so a deploy, a restart and a delete never
+    # interleave, and one whose process died half-way is finished by the next.
     def deploy(self, endpoint: str, model: ModelRef, tags: dict) -> EndpointInfo:
         ep_dir = self.endpoints / endpoint
-        try:
-            ep_dir.mkdir()
-        except FileExistsError:
-            raise AlreadyExists(f"endpoint {endpoint} already exists") from None
-        key_file = ep_dir / "key"
-        key_file.touch(mode=0o600)
-        key_file.write_text(secrets.token_urlsafe(32))
-        mlflow_version = model.tags.get("mlflow.version") or self.get_model(model.name, model.version).tags["mlflow.version"]
-        write_json_atomic(ep_dir / "endpoint.json", {
-            "name": endpoint, "tags": tags, "created_at": format_utc(utcnow()), "state": "Creating",
-            "model": {"name": model.name, "version": model.version,
-                      "uri": f"models:/{model.name}/{mlflow_version}"},
-            "tracking_uri": self.tracking_uri})
-        self._start_server(ep_dir)
+        with self._lock(f"endpoint-{endpoint}"):
+            record = read_json(ep_dir / "endpoint.json")
+            if record is not None and record["state"] == "Succeeded":
+                raise AlreadyExists(f"endpoint {endpoint} already exists")
+            if record is None:  # new, or a claim whose record was never written (a crash half-way)
+                ep_dir.mkdir(exist_ok=True)
+                key_file = ep_dir / "key"
+                if not key_file.exists():
+                    key_file.touch(mode=0o600)
+                    key_file.write_text(secrets.token_urlsafe(32))
+                mlflow_version = model.tags.get("mlflow.version") or \
+                    self.get_model(model.name, model.version).tags["mlflow.version"]
+                write_json_atomic(ep_dir / "endpoint.json", {
+                    "name": endpoint, "tags": tags, "created_at": format_utc(utcnow()), "state": "Creating",
+                    "model": {"name": model.name, "version": model.version,
+                              "uri": f"models:/{model.name}/{mlflow_version}"},
+                    "tracking_uri": self.tracking_uri, "port": 0})
+            else:  # Creating (its deploy died) or Failed: start its server again
+                self._set_state(ep_dir, "Creating")
+            self._start_server(ep_dir, raise_on_failure=True)
         return self.get_endpoint(endpoint)
 
-    def _start_server(self, ep_dir: Path) -> None:
-        (ep_dir / "server.json").unlink(missing_ok=True)
-        handle = spawn("local.scoring", ep_dir, ep_dir / "log.txt")
+    def _start_server(self, ep_dir: Path, raise_on_failure: bool = False) -> bool:
+        """Start the endpoint's scoring process (on its recorded port, once it has one) and wait until it
+        serves; the endpoint's lock is held by the caller. One already starting (its starter died) is waited
+        for, not doubled. Failed to start: the state becomes Failed."""
+        record = read_json(ep_dir / "endpoint.json")
+        if not procs.alive(ep_dir):
+            procs.forget(ep_dir)
+            procs.spawn(ep_dir, "local.scoring", ep_dir / "log.txt")
         deadline = time.monotonic() + ENDPOINT_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            server = read_json(ep_dir / "server.json")
-            if server is not None and server.get("pid") == handle["pid"]:
-                # The server writes its port and pid; the creation time is the one taken at spawn.
-                write_json_atomic(ep_dir / "server.json", {**server, **handle})
-                self._set_state(ep_dir, "Succeeded")
-                return
-            if not process_alive(handle):
+            server = procs.info(ep_dir)
+            if server.get("ready"):
+                write_json_atomic(ep_dir / "endpoint.json", {**record, "state": "Succeeded", "port": server["port"]})
+                return True
+            if not procs.alive(ep_dir):
                 break
             time.sleep(0.1)
-        stop_process(handle)
+        procs.stop(ep_dir)
         self._set_state(ep_dir, "Failed")
-        tail = (ep_dir / "log.txt").read_text(errors="replace")[-600:]
-        raise MLError(f"endpoint {ep_dir.name}: scoring server did not start: {tail.strip().splitlines()[-1:]}")
+        tail = (ep_dir / "log.txt").read_text(errors="replace")[-600:] if (ep_dir / "log.txt").exists() else ""
+        message = f"endpoint {ep_dir.name}: scoring server did not start: {tail.strip().splitlines()[-1:]}"
+        if raise_on_failure:
+            raise MLError(message)
+        return False
 
     def _set_state(self, ep_dir: Path, state: str) -> None:
         record = read_json(ep_dir / "endpoint.json")
@@ -286,19 +316,16 @@ class LocalWorkspace:
         record = read_json(ep_dir / "endpoint.json")
         if record is None:
             raise NotFound(f"endpoint {name} not found")
-        server = read_json(ep_dir / "server.json") or {}
         state = record["state"]
-        if state == "Succeeded" and not process_alive(server):
-            state = "Failed"  # the process is gone: the endpoint no longer serves
         deployment = DeploymentInfo(name=DEPLOYMENT_NAME, instance_type="local-cpu", instance_count=1,
                                     provisioning_state=state, traffic=100 if state == "Succeeded" else 0)
-        uri = f"http://127.0.0.1:{server['port']}/score" if server.get("port") else ""
+        uri = f"http://127.0.0.1:{record['port']}/score" if record.get("port") else ""
         return EndpointInfo(name=name, tags=record["tags"], provisioning_state=state,
                             created_at=record["created_at"], scoring_uri=uri, deployments=(deployment,))
 
     def set_endpoint_tags(self, name: str, tags: dict) -> EndpointInfo:
         ep_dir = self.endpoints / name
-        with self._lock("endpoints"):
+        with self._lock(f"endpoint-{name}"):
             record = read_json(ep_dir / "endpoint.json")
             if record is None:
                 raise NotFound(f"endpoint {name} not found")
@@ -327,30 +354,75 @@ class LocalWorkspace:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise MLError(f"endpoint {endpoint} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # its process is gone or restarting: Azure answers 502
+            raise Unavailable(f"endpoint {endpoint} is not answering ({getattr(exc, 'reason', exc)}): "
+                              f"its scoring process is restarting") from None
 
     def delete_endpoint(self, name: str) -> None:
         ep_dir = self.endpoints / name
-        if not (ep_dir / "endpoint.json").exists():
-            raise NotFound(f"endpoint {name} not found")
-        self._set_state(ep_dir, "Deleting")
-        stop_process(read_json(ep_dir / "server.json"))
+        with self._lock(f"endpoint-{name}"):
+            if not (ep_dir / "endpoint.json").exists():
+                raise NotFound(f"endpoint {name} not found")
+            self._finish_delete(ep_dir)
+
+    def _finish_delete(self, ep_dir: Path) -> None:
+        """Deleting, its process stopped, its folder removed (the endpoint's lock is held by the caller)."""
         import shutil
+        self._set_state(ep_dir, "Deleting")
+        failpoints.reached("workspace.endpoint-deleting")
+        procs.stop(ep_dir)
         shutil.rmtree(ep_dir)
 
-    # -- lifecycle of the local stack ------------------------------------------------------------
-    def resume(self) -> None:
-        """Restart the scoring servers of endpoints that exist but whose process is gone."""
+    # -- what the platform does on its own (local/platform.py calls these) ------------------------
+    def repair_endpoints(self, wait: bool = True) -> list[tuple[str, str]]:
+        """What Azure does on its own for endpoints: a scoring process that should serve and does not
+        (Succeeded whose process died, Creating whose deploy died half-way) is started, a deletion whose
+        deleter died is finished. [(endpoint, "started" | "failed" | "deleted")]. With wait=False an
+        endpoint whose lock is held (a deploy, restart or delete in progress) is skipped."""
+        out = []
         for ep_dir in sorted(self.endpoints.iterdir()):
-            record = read_json(ep_dir / "endpoint.json")
-            if record and record["state"] == "Succeeded" and not process_alive(read_json(ep_dir / "server.json")):
-                try:
-                    self._start_server(ep_dir)
-                except MLError:
-                    pass  # stays Failed and visible in `tuneflow status`
+            if not self._needs_repair(read_json(ep_dir / "endpoint.json"), ep_dir):
+                continue
+            with self._lock(f"endpoint-{ep_dir.name}", wait=wait) as held:
+                record = read_json(ep_dir / "endpoint.json")  # again, under the lock
+                if not held or not self._needs_repair(record, ep_dir):
+                    continue
+                if record["state"] == "Deleting":
+                    self._finish_delete(ep_dir)
+                    out.append((ep_dir.name, "deleted"))
+                else:
+                    out.append((ep_dir.name, "started" if self._start_server(ep_dir) else "failed"))
+        return out
+
+    @staticmethod
+    def _needs_repair(record: dict | None, ep_dir: Path) -> bool:
+        if not record:
+            return False
+        return record["state"] == "Deleting" or (record["state"] in ("Succeeded", "Creating") and
+                                                 not (procs.alive(ep_dir) and procs.info(ep_dir).get("ready")))
+
+    def resume(self) -> None:
+        """At the stack's start: what should serve, serves; what was being deleted, is gone."""
+        self.repair_endpoints()
 
     def stop_all(self) -> None:
         """Stop every scoring server and running job this workspace has (the stack is shutting down)."""
         for sub in (self.endpoints, self.jobs):
             for d in sub.iterdir():
-                for f in ("server.json", "pid.json"):
-                    stop_process(read_json(d / f))
+                procs.stop(d)
+
+
+def build_tracking_store(root: Path) -> None:
+    """`python -m shared.ml.local tracking-store STATE_DIR`: MLflow's SQLite store, built beside and renamed
+    into place (the caller holds the workspace's tracking lock)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    building = root / f"mlflow.db.building-{uuid.uuid4().hex[:8]}"
+    store = SqlAlchemyStore(f"sqlite:///{building}", (root / "artifacts").resolve().as_uri())
+    store.engine.dispose()
+    failpoints.reached("workspace.tracking-store-built")
+    os.replace(building, root / "mlflow.db")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["tracking-store"]:
+        build_tracking_store(Path(sys.argv[2]))

@@ -1,0 +1,150 @@
+"""The chaos run's verdict (bench/chaoslib/verdict.py) can fail: each kind of violation it must catch,
+on observations made up for the purpose, and a clean run that passes."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from bench.chaoslib.observe import Seen  # noqa: E402
+from bench.chaoslib.plan import DatasetPlan, Upload  # noqa: E402
+from bench.chaoslib.verdict import Observed, Verdict, judge  # noqa: E402
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+STARTED = T0.timestamp()
+STAGES = ("prepared", "submitted", "registered", "deployed", "smoke-tested", "reaped")
+
+
+def flow(fid: str, stages=STAGES, job: str = "ft-a-1", endpoint: str = "tf-a-1", details=None) -> dict:
+    return {"flow_id": fid, "version": f"v{fid}", "job": job, "endpoint": endpoint, "details": details or {},
+            "stages": {s: (T0 + timedelta(seconds=10 * i)).isoformat() for i, s in enumerate(stages)}}
+
+
+def clean() -> tuple[list, Observed, Seen]:
+    plans = [DatasetPlan("a", "single", [Upload("a/d.jsonl", b"", 0)]),
+             DatasetPlan("r", "refused", [Upload("r/d.jsonl", b"", 0)], expect="refused"),
+             DatasetPlan("w", "waits", [Upload("w/train_sft.jsonl", b"", 0)], expect="waiting", flows=0)]
+    observed = Observed(flows={"a": [flow("1")], "r": [flow("9", stages=("refused",), job="", endpoint="")]},
+                        waiting={"w"}, invalid_reports=[], prepared={"a": {"v1"}}, models={"a": Counter({"v1": 1})},
+                        queues={"finetune-requests": 0, "deployments-deadletter": 0}, dead_letters=[],
+                        endpoints_left=[], running_while_up=[], left_after_stop=[], ports_open=[])
+    seen = Seen(endpoints={"tf-a-1": {"tags": {"dataset": "a", "flow-id": "1"}, "ports": {1}}},
+                jobs={"ft-a-1": {"dataset": "a", "flow-id": "1"}})
+    return plans, observed, seen
+
+
+KILLS = [{"n": 1, "at": 5.0, "target": "host", "pid": 1, "detail": ""},
+         {"n": 2, "at": 25.0, "target": "train", "pid": 2, "detail": "ft-a-1"}]
+
+
+def run(plans, observed, seen, kills=KILLS, attempts: int = 3) -> Verdict:
+    return judge(Verdict(seed=1, datasets=len(plans), kills=len(kills)), plans, observed, seen, kills, STARTED, attempts)
+
+
+def test_a_clean_run_has_no_violation():
+    v = run(*clean())
+    assert v.violations == [] and (v.flows_expected, v.flows_exactly_once, v.refused_as_expected) == (1, 1, 2)
+
+
+def _second_endpoint(o, s):
+    s.endpoints["tf-a-2"] = {"tags": {"dataset": "a", "flow-id": "1"}, "ports": {2}}
+
+
+def _second_job(o, s):
+    s.jobs["ft-a-2"] = {"dataset": "a", "flow-id": "1"}
+
+
+def _second_model(o, s):
+    o.models["a"]["v1"] = 2
+
+
+def _second_flow(o, s):
+    """The same bytes prepared as a second version: a second flow, with all it brings."""
+    o.flows["a"].append(dict(flow("2", job="ft-a-3", endpoint="tf-a-3"), version="v2"))
+    o.prepared["a"].add("v2")
+    o.models["a"]["v2"] = 1
+    s.jobs["ft-a-3"] = {"dataset": "a", "flow-id": "2"}
+    s.endpoints["tf-a-3"] = {"tags": {"dataset": "a", "flow-id": "2"}, "ports": {3}}
+
+
+def _no_flow(o, s):
+    o.flows.pop("a")
+
+
+def _stuck(o, s):
+    o.flows["a"] = [flow("1", stages=STAGES[:3])]
+
+
+def _smoke_failed(o, s):
+    o.flows["a"] = [flow("1", stages=("prepared", "submitted", "registered", "deployed", "smoke-failed", "reaped"),
+                         details={"smoke-failed": {"error": "424"}})]
+
+
+def _poisoned(o, s):
+    o.queues["deployments-deadletter"] = 1
+
+
+def _left_in_queue(o, s):
+    o.queues["finetune-requests"] = 2
+
+
+def _endpoint_left(o, s):
+    o.endpoints_left.append("tf-a-1")
+
+
+def _process_left(o, s):
+    o.left_after_stop.append({"pid": 7, "cmd": "python -m local.scoring"})
+
+
+def _port_open(o, s):
+    o.ports_open.append(1)
+
+
+def _refused_deployed(o, s):
+    s.jobs["ft-r-1"] = {"dataset": "r", "flow-id": "9"}
+
+
+def _not_waiting(o, s):
+    o.waiting.clear()
+
+
+def _dead_letter(o, s):
+    o.dead_letters.append("TUNEFLOW-JOB-EVENTS/2026/12/1/0/x.json")
+
+
+@pytest.mark.parametrize("break_it, kind", [
+    (_second_endpoint, "duplicates"), (_second_job, "duplicates"), (_second_model, "duplicates"),
+    (_second_flow, "duplicates"), (_no_flow, "lost"), (_stuck, "stuck"), (_smoke_failed, "lost"),
+    (_poisoned, "lost"), (_left_in_queue, "stuck"), (_endpoint_left, "orphans"), (_process_left, "orphans"),
+    (_port_open, "orphans"), (_refused_deployed, "duplicates"), (_not_waiting, "lost"), (_dead_letter, "lost"),
+])
+def test_each_kind_of_violation_is_caught_and_names_the_kill_before_it(break_it, kind):
+    plans, observed, seen = clean()
+    break_it(observed, seen)
+    v = run(plans, observed, seen)
+    assert v.violations and {x["kind"] for x in v.violations} == {kind}, v.violations
+    assert getattr(v, kind) == len(v.violations)
+    # the kill before the dataset's last record (none before a record made at the start)
+    assert all(x["after_kill"] in (*KILLS, None) for x in v.violations)
+
+
+def test_a_job_killed_in_every_attempt_may_fail_its_flow_if_it_says_why():
+    plans, observed, seen = clean()
+    failed = flow("1", stages=("prepared", "submitted", "job-failed"),
+                  details={"job-failed": {"error": "the job's process was lost (killed) in each of its 1 attempt(s)"}})
+    observed.flows["a"] = [failed]
+    assert run(plans, observed, seen, attempts=1).violations == []  # killed once, one attempt: documented
+    assert run(plans, observed, seen, attempts=3).violations  # three attempts, killed once: it should have completed
+
+
+def test_a_violation_names_the_last_kill_before_the_datasets_last_record():
+    plans, observed, seen = clean()
+    _stuck(observed, seen)  # its last record at 20 s: after kill 1 (5 s), before kill 2 (25 s)
+    (violation,) = run(plans, observed, seen).violations
+    assert violation["after_kill"] == KILLS[0]
