@@ -21,26 +21,18 @@ import shutil
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.handoffs import handoffs, percentile  # noqa: E402
 
 STATE = ROOT / ".tuneflow" / "bench"
 os.environ.update({
     "TUNEFLOW_STATE_DIR": str(STATE), "TUNEFLOW_ML_BACKEND": "local", "TUNEFLOW_ENDPOINT_TTL": "1h",
     "TUNEFLOW_REAPER_SCHEDULE": "0 0 0 1 1 *", "TUNEFLOW_FINETUNE_PARAMS": json.dumps({"max_steps": 2}),
 })
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 def main() -> int:
@@ -78,21 +70,9 @@ def main() -> int:
             uploads[status.flow_id] = uploads.pop(name)  # the host's records are keyed by flow id
 
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    by_flow: dict[str, dict[str, dict]] = {}
-    for r in records:
-        if r["flow_id"] and r["outcome"] == "Succeeded":
-            by_flow.setdefault(r["flow_id"], {}).setdefault(r["function"], r)
-    handoffs: dict[str, list[float]] = {"data_arrival": [], "submit": [], "job_events": [], "deploy": []}
-    for flow_id, fns in by_flow.items():
-        if flow_id not in uploads or not all(k in fns for k in handoffs):
-            continue
-        da, sub, je, dep = (fns[k] for k in ("data_arrival", "submit", "job_events", "deploy"))
-        handoffs["data_arrival"].append(ts(da["outputs_sent_at"]) - uploads[flow_id])
-        handoffs["submit"].append(ts(sub["started_at"]) + sub["duration_ms"] / 1000 - ts(da["outputs_sent_at"]))
-        handoffs["job_events"].append(ts(je["outputs_sent_at"]) - ts(je["started_at"]))
-        handoffs["deploy"].append(ts(dep["started_at"]) - ts(je["outputs_sent_at"]))
+    values = handoffs(records, uploads)
     summary = {k: {"runs": len(v), "median_s": round(statistics.median(v), 3), "p95_s": round(percentile(v, 0.95), 3),
-                   "max_s": round(max(v), 3), "values_s": [round(x, 3) for x in v]} for k, v in handoffs.items() if v}
+                   "max_s": round(max(v), 3), "values_s": [round(x, 3) for x in v]} for k, v in values.items() if v}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "handoff.json").write_text(json.dumps(summary, indent=2))

@@ -4,11 +4,7 @@ bench/handoff_latency.py. Training is excluded (a few steps of the tiny model, a
 
     python bench/load.py --datasets 50 [--out bench/results/load.json]
 
-Hand-offs, from the host's own invocation records (as bench/handoff_latency.py):
-  data_arrival   upload finished (client clock)           -> fine-tune request enqueued
-  submit         fine-tune request enqueued               -> job submitted (submit returned)
-  job_events     completion event received by the host    -> deploy request enqueued (incl. registration)
-  deploy         deploy request enqueued                  -> deploy function started
+Hand-offs as bench/handoffs.py defines them, from the host's own invocation records.
 Memory: the Functions host process's peak RSS (sampled every 0.2 s), and the peak of everything the
 run started (host, training jobs, scoring servers, Azurite) together.
 """
@@ -22,7 +18,6 @@ import statistics
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 from bench.chaos import SETTINGS  # noqa: E402
 from bench.chaoslib.stack import ChaosStack  # noqa: E402
 from bench.chaoslib.verdict import read_storage  # noqa: E402
+from bench.handoffs import STAGES, handoffs, percentile  # noqa: E402
 
-STAGES = ("data_arrival", "submit", "job_events", "deploy")
 DONE = ("reaped", "job-failed", "deploy-failed", "refused")
 
 
@@ -70,33 +65,6 @@ class Memory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(10)
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
-
-
-def handoffs(records: list[dict], uploads: dict[str, float]) -> dict[str, list[float]]:
-    """Per stage, the hand-off of each flow (its first successful run of each function)."""
-    by_flow: dict[str, dict[str, dict]] = {}
-    for r in records:
-        if r["flow_id"] and r["outcome"] == "Succeeded":
-            by_flow.setdefault(r["flow_id"], {}).setdefault(r["function"], r)
-    out: dict[str, list[float]] = {k: [] for k in STAGES}
-    for flow_id, fns in by_flow.items():
-        if flow_id not in uploads or not all(k in fns for k in STAGES):
-            continue
-        da, sub, je, dep = (fns[k] for k in STAGES)
-        out["data_arrival"].append(ts(da["outputs_sent_at"]) - uploads[flow_id])
-        out["submit"].append(ts(sub["started_at"]) + sub["duration_ms"] / 1000 - ts(da["outputs_sent_at"]))
-        out["job_events"].append(ts(je["outputs_sent_at"]) - ts(je["started_at"]))
-        out["deploy"].append(ts(dep["started_at"]) - ts(je["outputs_sent_at"]))
-    return out
 
 
 def finished(connection_string: str) -> int:

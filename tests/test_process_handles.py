@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from bench.chaoslib.proxy import free_port
 from shared.ml import procs
 from shared.ml.local import LocalWorkspace
 from shared.ml.procs import process_alive, process_handle, stop_process
@@ -99,7 +100,7 @@ def test_an_endpoint_whose_pid_was_reused_is_not_serving_and_is_left_alone(tmp_p
     ep_dir = ws.endpoints / "tf-handle"
     ep_dir.mkdir()
     (ep_dir / "endpoint.json").write_text(json.dumps({"name": "tf-handle", "tags": {}, "created_at": "", "state": "Succeeded",
-                                                      "port": _free_port()}))
+                                                      "port": free_port()}))
     (ep_dir / "key").write_text("k")
     (ep_dir / "process.json").write_text(json.dumps({"port": 1, "pid": sleeper.pid, "ready": True}))  # no creation time
     assert not procs.alive(ep_dir)
@@ -109,13 +110,6 @@ def test_an_endpoint_whose_pid_was_reused_is_not_serving_and_is_left_alone(tmp_p
         ws.invoke("tf-handle", {})
     ws.delete_endpoint("tf-handle")
     assert sleeper.poll() is None and not ep_dir.exists()
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_process_that_leads_no_group_is_signalled_alone():

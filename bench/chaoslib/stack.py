@@ -141,9 +141,3 @@ class ChaosStack:
             if proc.info["status"] != psutil.STATUS_ZOMBIE and str(self.state) in cmd and proc.info["pid"] != os.getpid():
                 out.append({"pid": proc.info["pid"], "cmd": cmd[:200]})
         return out
-
-    def read_json(self, path: Path):
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None

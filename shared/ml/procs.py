@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer thread too
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
     os.replace(tmp, path)
 
