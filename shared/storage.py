@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from functools import lru_cache
 
 from shared.settings import StorageConnection
@@ -15,7 +16,7 @@ _client_options: dict = {}
 
 def set_client_options(**options) -> None:
     _client_options.clear()
-    _client_options.update(options)
+    _client_options.update(options)  # part of the service clients' cache key: later clients use them
 
 
 @lru_cache(maxsize=8)
@@ -24,20 +25,37 @@ def _credential():
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
 
-def blob_service(conn: StorageConnection | None = None):
-    from azure.storage.blob import BlobServiceClient
+# One service client per account, kind and options, shared by every thread of the process (Azure SDK
+# clients are thread-safe): its connection pool is reused, instead of a new TCP connection and a new
+# pipeline for every container or queue an invocation touches.
+_services: dict[tuple, object] = {}
+_services_lock = threading.Lock()
+
+
+def _service(kind: str, conn: StorageConnection | None):
     conn = conn or StorageConnection.from_env()
-    if conn.connection_string:
-        return BlobServiceClient.from_connection_string(conn.connection_string, **_client_options)
-    return BlobServiceClient(conn.blob_service_uri, credential=_credential(), **_client_options)
+    key = (kind, conn.connection_string, conn.blob_service_uri, conn.queue_service_uri, repr(sorted(_client_options.items())))
+    with _services_lock:
+        client = _services.get(key)
+        if client is None:
+            if kind == "blob":
+                from azure.storage.blob import BlobServiceClient as cls
+                uri = conn.blob_service_uri
+            else:
+                from azure.storage.queue import QueueServiceClient as cls
+                uri = conn.queue_service_uri
+            client = (cls.from_connection_string(conn.connection_string, **_client_options) if conn.connection_string
+                      else cls(uri, credential=_credential(), **_client_options))
+            _services[key] = client
+        return client
+
+
+def blob_service(conn: StorageConnection | None = None):
+    return _service("blob", conn)
 
 
 def queue_service(conn: StorageConnection | None = None):
-    from azure.storage.queue import QueueServiceClient
-    conn = conn or StorageConnection.from_env()
-    if conn.connection_string:
-        return QueueServiceClient.from_connection_string(conn.connection_string, **_client_options)
-    return QueueServiceClient(conn.queue_service_uri, credential=_credential(), **_client_options)
+    return _service("queue", conn)
 
 
 # Containers and queues this process has already made sure exist (by URL): one create call each,
