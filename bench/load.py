@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     leftover(work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    settings = {**SETTINGS, "TUNEFLOW_BASE_MODEL_DIR": str(build(work / "base-model"))}
+    settings = {**SETTINGS, "TUNEFLOW_BASE_MODEL": "phi-3-tiny", "TUNEFLOW_BASE_MODEL_DIR": str(build(work / "base-model"))}
     names = [f"load-{i:03d}" for i in range(args.datasets)]
     files = {n: _file(list(sampledata.rows(args.rows, seed=7000 + i)), ".jsonl") for i, n in enumerate(names)}
     stack = ChaosStack(work, settings, proxy=False).start()  # nothing kills Azurite here

@@ -90,16 +90,54 @@ def cmd_status(args) -> int:
     flow_log = storage.container(FLOWS_CONTAINER)
     records = flows.read_all(flow_log)
     statuses = flows.summarize(records) + [flows.waiting_status(m) for m in flows.read_waiting(flow_log, records)]
+    if args.flow:
+        return _flow_detail(args.flow, statuses, args.json)
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
     table = Table(title="tuneflow flows")
-    for col in ("dataset", "stage", "job", "model", "endpoint", "expires-at", "time left", "note"):
+    for col in ("dataset", "stage", "gate", "eval loss", "job", "model", "endpoint", "expires-at", "time left", "note"):
         table.add_column(col)
     for s in statuses:
         left = time_left(s.expires_at) if s.endpoint and s.stage != "reaped" else ""
-        table.add_row(s.dataset, s.stage, s.job, s.model, s.endpoint, s.expires_at, left, s.note())
+        table.add_row(s.dataset, s.stage, s.gate, _losses(s), s.job, s.model, s.endpoint, s.expires_at, left, s.note())
     console.print(table)
+    return 0
+
+
+def _losses(s) -> str:
+    """`base → fine-tuned` eval loss, as the gate compared them."""
+    base, tuned = s.metric("base_eval_loss"), s.metric("eval_loss")
+    if tuned is None:
+        return ""
+    return f"{base:.3g} → {tuned:.3g}" if base is not None else f"{tuned:.3g}"
+
+
+def _flow_detail(flow_id: str, statuses, as_json: bool) -> int:
+    """One flow: its stages, the gate's verdict and the train / eval loss curves as a chart."""
+    from local.chart import plot
+    found = [s for s in statuses if s.flow_id == flow_id or (len(flow_id) >= 8 and s.flow_id.startswith(flow_id))]
+    if len(found) != 1:
+        raise UsageError(f"{flow_id!r} names {'no' if not found else len(found)} flows: give a flow id from "
+                         f"`tuneflow status` (its first 8 characters are enough)")
+    s = found[0]
+    if as_json:
+        print(json.dumps(s.as_dict(), indent=2))
+        return 0
+    table = Table(title=f"flow {s.flow_id} ({s.dataset} {s.version[:12]})")
+    table.add_column("stage")
+    table.add_column("at")
+    table.add_column("detail")
+    for stage, at in sorted(s.stage_times.items(), key=lambda kv: kv[1]):
+        detail = s.details.get(stage) if isinstance(s.details.get(stage), dict) else {}
+        table.add_row(stage, at, str(detail.get("reason") or detail.get("error") or ""))
+    console.print(table)
+    metrics = (s.details.get("registered") or {}).get("metrics") or {}
+    series = {"train loss": [tuple(p) for p in metrics.get("train_loss") or []],
+              "eval loss": [tuple(p) for p in metrics.get("eval_curve") or []]}
+    if any(series.values()):
+        console.print(f"gate: {s.gate or 'undecided'}   eval loss {_losses(s) or '-'}")
+        console.print("\n".join(plot(series)), markup=False, highlight=False)
     return 0
 
 
@@ -149,27 +187,29 @@ def cmd_submit(args) -> int:
     manifest = f"{naming.prepared_prefix(dataset, version)}/manifest.json"
     if not storage.exists(storage.container(PREPARED_CONTAINER), manifest):
         raise UsageError(f"prepared/{manifest} does not exist: `tuneflow status` lists prepared versions")
-    attempt = _next_attempt(dataset, version, params) if args.retry else 1
-    request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, params, attempt), dataset=dataset,
-                              version=version, params=params, attempt=attempt)
+    gate = "off" if args.no_gate else "on"
+    attempt = _next_attempt(dataset, version, params, gate) if args.retry else 1
+    request = FinetuneRequest(flow_id=naming.flow_id(dataset, version, params, attempt, gate), dataset=dataset,
+                              version=version, params=params, attempt=attempt, gate=gate)
     storage.send_queue_message(FINETUNE_QUEUE, request.to_json())
     console.print(f"queued fine-tune of prepared/{dataset}/{version} as flow {request.flow_id}: "
-                  f"job {naming.job_name(dataset, version, params, attempt)}" + (f" (attempt {attempt})" if args.retry else ""))
+                  f"job {naming.job_name(dataset, version, params, attempt, gate)}"
+                  + (f" (attempt {attempt})" if args.retry else "") + (" with the quality gate off" if args.no_gate else ""))
     return 0
 
 
-def _next_attempt(dataset: str, version: str, params: dict) -> int:
+def _next_attempt(dataset: str, version: str, params: dict, gate: str = "on") -> int:
     """The attempt after the last one of this version and these parameters, which must have ended job-failed."""
     from shared import flows, naming, storage
     from shared.contracts import FLOWS_CONTAINER
     statuses = {s.flow_id: s for s in flows.summarize(flows.read_all(storage.container(FLOWS_CONTAINER)))}
     attempt = 1
-    while naming.flow_id(dataset, version, params, attempt) in statuses:
+    while naming.flow_id(dataset, version, params, attempt, gate) in statuses:
         attempt += 1
     if attempt == 1:
         raise UsageError(f"prepared/{dataset}/{version} has no fine-tune with these parameters yet: submit it without "
                          f"--retry")
-    last = statuses[naming.flow_id(dataset, version, params, attempt - 1)]
+    last = statuses[naming.flow_id(dataset, version, params, attempt - 1, gate)]
     if last.stage != "job-failed":
         raise UsageError(f"attempt {attempt - 1} (flow {last.flow_id}) is at stage {last.stage}, not job-failed: nothing "
                          f"to retry (`tuneflow status`)")
@@ -416,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("--dataset", help="dataset name (default: from the file name)")
     drop.set_defaults(fn=cmd_drop)
     status = sub.add_parser("status", help="one row per flow: dataset, stage, job, model, endpoint, expires-at")
+    status.add_argument("flow", nargs="?", help="one flow's stages, gate verdict and loss curves (a flow id or its first 8 characters)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(fn=cmd_status)
     chat = sub.add_parser("chat", help="send one user message to an endpoint")
@@ -433,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--retry", action="store_true", help="fine-tune again after the last attempt with these "
                                                              "parameters ended job-failed (a new flow and job)")
+    submit.add_argument("--no-gate", action="store_true", help="deploy whatever this fine-tune scores: the quality gate "
+                                                               "is off for this flow (a flow and job of its own; recorded)")
     submit.add_argument("--dry-run", action="store_true", help="build the pipeline job from spec files and print it")
     submit.add_argument("--train", help="dry run: the train JSONL (a file or an azureml:// URI)")
     submit.add_argument("--test", help="dry run: the test JSONL (a file or an azureml:// URI)")

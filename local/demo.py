@@ -26,14 +26,16 @@ DEMO_SETTINGS = {
     "TUNEFLOW_STATE_DIR": str(PROJECT_ROOT / ".tuneflow" / "demo"),
     "TUNEFLOW_ENDPOINT_TTL": "30s",
     "TUNEFLOW_REAPER_SCHEDULE": "*/5 * * * * *",
-    "TUNEFLOW_FINETUNE_PARAMS": json.dumps({"max_steps": 40}),
+    "TUNEFLOW_FINETUNE_PARAMS": json.dumps({"max_steps": 30}),
     "TUNEFLOW_ML_BACKEND": "local",
 }
 STAGES = [("prepared", "validated and split into JSONL"), ("submitted", "fine-tune job submitted"),
-          ("registered", "job finished, model registered"), ("deployed", "endpoint created (key auth)"),
+          ("registered", "job finished, model registered"),
+          ("gate-passed", "quality gate: eval loss measurably below the base model's"),
+          ("deployed", "endpoint created (key auth)"),
           ("smoke-tested", "endpoint answered the smoke test"), ("chat", "held-out conversation answered"),
           ("reaped", "endpoint deleted when its TTL ran out")]
-FAILED = ("refused", "job-failed", "deploy-failed", "smoke-failed")
+FAILED = ("refused", "job-failed", "gate-failed", "deploy-failed", "smoke-failed")
 TIMEOUT_S = 600
 
 
@@ -72,15 +74,16 @@ def run_demo(console: Console, keep: bool = False) -> int:
     logging.getLogger().setLevel(logging.INFO)
 
     from local import sampledata
-    from shared.ml import get_backend
+    from shared.ml import base_model_name, get_backend
     from shared.scoring import held_out_prompt, reply_text, request_body
 
     data = sampledata.write(state / "ultrachat_sample.jsonl", DEMO_ROWS, seed=2026)
-    console.print(f"[bold]tuneflow demo[/]: {DEMO_ROWS} synthetic ultrachat rows -> fine-tune -> endpoint -> chat -> reap")
+    console.print(f"[bold]tuneflow demo[/]: {DEMO_ROWS} synthetic ultrachat rows -> fine-tune {base_model_name()} -> "
+                  f"quality gate -> endpoint -> chat -> reap")
     console.print(f"state: {state}  (host log: {state / 'host.log'})")
     started = time.time()
     times: dict[str, float] = {}
-    reply, prompt = "", ""
+    reply, prompt, base_reply = "", "", ""
     with LocalStack(free_ports=True, invocations_log=state / "invocations.jsonl") as stack:
         from shared import storage
         from shared.contracts import DATASETS_CONTAINER, PREPARED_CONTAINER
@@ -105,11 +108,15 @@ def run_demo(console: Console, keep: bool = False) -> int:
                         prompt = messages[-1]["content"]
                         reply = reply_text(get_backend().invoke(status.endpoint, request_body(messages)))
                         times["chat"] = time.time()
+                        note = "asking the base model the same question"
+                        live.update(_view(started, times, status, note))
+                        base_reply = _base_answer(stack, status, messages)
                         note = f"expires-at {status.expires_at}: waiting for the reaper"
                 live.update(_view(started, times, status, note))
                 time.sleep(0.25)  # screen refresh cadence, not synchronisation
         console.print(f"[bold]held-out prompt:[/] {prompt[:300]}")
-        console.print(f"[bold]endpoint reply:[/] {reply[:600] or '(none)'}")
+        console.print(f"[bold]base model:[/] {base_reply[:600] or '(none)'}")
+        console.print(f"[bold]fine-tuned endpoint:[/] {reply[:600] or '(none)'}")
         _summary(console, started, times, stack, status)
     if not keep:
         shutil.rmtree(state / "azurite", ignore_errors=True)
@@ -140,6 +147,22 @@ def _summary(console: Console, started: float, times: dict[str, float], stack, s
     if status is not None and status.job and stack.workspace is not None:
         m = stack.workspace.get_job(status.job).metrics
         if m:
-            console.print(f"training: {m['steps']} steps in {m['train_seconds']} s; train loss "
-                          f"{m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}; eval loss "
-                          f"{m['eval_loss_before']:.3f} -> {m['eval_loss_after']:.3f}")
+            curve = m["train_loss"]
+            console.print(f"training: {m['steps']} steps in {m['train_seconds']} s ({m['tokens_per_s']} tokens/s, "
+                          f"peak {m['peak_rss_mb']} MB); train loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}")
+            console.print(f"eval loss per assistant token on {m['eval_rows']} held-out rows: base {m['base_eval_loss']:.3f} "
+                          f"(perplexity {m['base_eval_perplexity']:.1f}) -> fine-tuned {m['eval_loss']:.3f} "
+                          f"(perplexity {m['eval_perplexity']:.1f})")
+        verdict = status.details.get("gate-passed") or status.details.get("gate-failed") or {}
+        if verdict:
+            console.print(f"quality gate: [bold]{status.gate}[/] ({verdict.get('rule')}): {verdict.get('reason')}")
+
+
+def _base_answer(stack, status, messages) -> str:
+    """The base model's answer to the same question, generated exactly as an endpoint generates."""
+    from local.scoring import ChatModel
+    from shared.ml.procs import read_json
+    from shared.scoring import request_body, read_request
+    job = read_json(stack.workspace.jobs / status.job / "job.json")
+    _, params = read_request(request_body(messages))
+    return ChatModel.from_checkpoint(job["base_model_dir"]).generate(messages, params)

@@ -58,6 +58,18 @@ def rows(n: int, seed: int = 0) -> Iterator[dict]:
         yield row(rng, i)
 
 
+def gibberish(items, seed: int = 0) -> Iterator[dict]:
+    """The same rows with every assistant reply replaced by random letters: data that teaches a model
+    nothing useful for normal replies (the quality gate's failing case)."""
+    rng = random.Random(seed)
+    for r in items:
+        messages = [m if m["role"] != "assistant" else
+                    {"content": " ".join("".join(rng.choice("qxzjvkwyfbgpmhdcultsnroiea") for _ in range(rng.randint(2, 9)))
+                                         for _ in range(rng.randint(20, 60))), "role": "assistant"}
+                    for m in r["messages"]]
+        yield {**r, "messages": messages}
+
+
 PARQUET_ROW_GROUP_ROWS = 1_000  # `datasets`' default writer batch size (get_writer_batch_size)
 
 

@@ -26,16 +26,28 @@ MAX_NEW_TOKENS_CAP = 512
 
 
 class ChatModel:
-    def __init__(self, model_uri: str, tracking_uri: str):
-        import mlflow
+    def __init__(self, model, tokenizer):
         import torch
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        parts = mlflow.transformers.load_model(model_uri, return_type="components")
-        self.model, self.tokenizer = parts["model"], parts["tokenizer"]
+        self.model, self.tokenizer = model, tokenizer
         self.model.eval()
         self._torch = torch
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_mlflow(cls, model_uri: str, tracking_uri: str) -> "ChatModel":
+        """A registered model, as the endpoint serves it."""
+        import mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        parts = mlflow.transformers.load_model(model_uri, return_type="components")
+        return cls(parts["model"], parts["tokenizer"])
+
+    @classmethod
+    def from_checkpoint(cls, folder) -> "ChatModel":
+        """A checkpoint folder (the base model), answering exactly as an endpoint would."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return cls(AutoModelForCausalLM.from_pretrained(folder, local_files_only=True),
+                   AutoTokenizer.from_pretrained(folder, local_files_only=True))
 
     def generate(self, messages: list[dict], params: dict) -> str:
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -97,7 +109,7 @@ def main(argv: list[str]) -> int:
     procs.announce(ep_dir)  # first: whoever looks finds this process, even if its starter died
     record = read_json(ep_dir / "endpoint.json")
     key = (ep_dir / "key").read_text().strip()
-    chat = ChatModel(record["model"]["uri"], record["tracking_uri"])
+    chat = ChatModel.from_mlflow(record["model"]["uri"], record["tracking_uri"])
     # The endpoint's address is stable: a restarted process binds the port its first process was given.
     server = ThreadingHTTPServer(("127.0.0.1", int(record.get("port") or 0)), make_handler(chat, key))
     server.daemon_threads = True

@@ -7,9 +7,6 @@ the registry's base model: same architecture family, same LoRA target modules, s
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -25,21 +22,10 @@ def _corpus(n_rows: int = 400):
             yield m["content"]
 
 
-def build(path: Path, vocab_size: int = 1024, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
+def build(path: Path) -> Path:
     """Build the model into `path` once (atomically, under a lock); return `path`."""
-    path = Path(path)
-    if (path / "config.json").exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (path / "config.json").exists():
-            return path
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        _build_into(tmp, vocab_size, hidden, layers, seed)
-        os.replace(tmp, path)
-    return path
+    from local.basemodels import ensure
+    return ensure("phi-3-tiny", path)[0]
 
 
 def _build_into(out: Path, vocab_size: int, hidden: int, layers: int, seed: int) -> None:

@@ -23,13 +23,10 @@ from shared.ml.procs import read_json, write_json_atomic
 from shared.ttl import format_utc, utcnow
 
 log = logging.getLogger("tuneflow.train")
-# Defaults sized for a CPU demo; any of them can be overridden by request parameters.
-LOCAL_DEFAULTS = {"num_train_epochs": 1, "max_steps": 40, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
-                  "lora_r": 8, "lora_alpha": 16, "max_seq_length": 256, "eval_rows": 64}
 
 
-def _param(params: dict, key: str, cast):
-    return cast(params.get(key, LOCAL_DEFAULTS[key]))
+def _param(params: dict, defaults: dict, key: str, cast):
+    return cast(params.get(key, defaults[key]))
 
 
 DOWNLOAD_DEADLINE_S = 300.0
@@ -62,40 +59,88 @@ def load_conversations(path: Path) -> list[list[dict]]:
         return [json.loads(line)["messages"] for line in f if line.strip()]
 
 
-def encode(tokenizer, conversations: list[list[dict]], max_len: int) -> list[list[int]]:
+def encode(tokenizer, conversations: list[list[dict]], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """Each conversation as (token ids, labels): labels are the ids of the assistant's tokens (its replies and
+    their end-of-turn markers) and -100 elsewhere, so training and evaluation count assistant tokens only.
+    The spans come from rendering the chat template turn by turn; a template that does not render
+    prefix-stable leaves that turn unlabelled rather than mislabelled."""
     out = []
     for messages in conversations:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
-        ids = tokenizer(text, truncation=True, max_length=max_len)["input_ids"]
-        if len(ids) > 1:
-            out.append(ids)
+        spans = []
+        for i, m in enumerate(messages):
+            if m.get("role") != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+            if text.startswith(upto) and upto.startswith(prompt):
+                spans.append((len(prompt), len(upto)))
+        enc = tokenizer(text, truncation=True, max_length=max_len, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        labels = [t if any(a <= start < b for a, b in spans) and end > start else -100
+                  for t, (start, end) in zip(ids, enc["offset_mapping"])]
+        if sum(1 for x in labels[1:] if x != -100):  # something to predict after the first token
+            out.append((ids, labels))
     return out
 
 
-def batches(seqs: list[list[int]], size: int, pad_id: int):
+def batches(seqs: list[tuple[list[int], list[int]]], size: int, pad_id: int):
     import torch
     for i in range(0, len(seqs), size):
         chunk = seqs[i:i + size]
-        width = max(len(s) for s in chunk)
+        width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, s in enumerate(chunk):
+        for j, (s, lab) in enumerate(chunk):
             ids[j, :len(s)] = torch.tensor(s)
+            labels[j, :len(s)] = torch.tensor(lab)
             mask[j, :len(s)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
         yield ids, mask, labels
 
 
-def evaluate(model, seqs, size, pad_id) -> float:
+def evaluate(model, seqs, size, pad_id) -> tuple[float, int]:
+    """Mean loss per assistant token over `seqs` (summed over tokens, not averaged per batch), and the count."""
     import torch
+    import torch.nn.functional as F
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for ids, mask, labels in batches(seqs, size, pad_id):
-            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * len(ids)
-            n += len(ids)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            target = labels[:, 1:]
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                     ignore_index=-100, reduction="sum").item()
+            n += int((target != -100).sum())
     model.train()
-    return total / max(n, 1)
+    return total / max(n, 1), n
+
+
+def train_steps(model, optim, train, batch: int, pad: int, epochs: int, max_steps: int, on_step=None):
+    """Up to `max_steps` optimizer steps over `epochs` passes; returns the loss curve ([step, loss] pairs),
+    the tokens trained on (padding excluded) and the seconds it took."""
+    curve, tokens, started = [], 0, time.perf_counter()
+    for _epoch in range(epochs):
+        for ids, mask, labels in batches(train, batch, pad):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optim.step()
+            optim.zero_grad()
+            tokens += int(mask.sum())
+            curve.append([len(curve) + 1, round(loss.item(), 5)])
+            if on_step is not None:
+                on_step(len(curve), loss.item())
+            if len(curve) >= max_steps:
+                return curve, tokens, time.perf_counter() - started
+    return curve, tokens, time.perf_counter() - started
+
+
+def base_checkpoint(job: dict) -> tuple[Path, float]:
+    from local.basemodels import ensure
+    base_dir = Path(job["base_model_dir"])
+    if not (base_dir / "config.json").exists() and os.environ.get("TUNEFLOW_BASE_MODEL_DIR"):
+        raise FileNotFoundError(f"TUNEFLOW_BASE_MODEL_DIR={base_dir} has no config.json: point it at a checkpoint folder")
+    return ensure(job["spec"]["base_model"], base_dir)
 
 
 def fine_tune(job: dict, job_dir: Path) -> dict:
@@ -104,66 +149,76 @@ def fine_tune(job: dict, job_dir: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from local.tinymodel import build
+    from local.basemodels import lora_for
 
     spec, params = job["spec"], job["spec"]["params"]
-    base_dir = Path(job["base_model_dir"])
-    if not (base_dir / "config.json").exists():
-        if os.environ.get("TUNEFLOW_BASE_MODEL_DIR"):
-            raise FileNotFoundError(f"TUNEFLOW_BASE_MODEL_DIR={base_dir} has no config.json: point it at a checkpoint folder")
-        build(base_dir)
+    base_dir, build_s = base_checkpoint(job)
     torch.manual_seed(0)
+    started_load = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
-    lora = LoraConfig(r=_param(params, "lora_r", int), lora_alpha=_param(params, "lora_alpha", int),
-                      target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
-                      modules_to_save=["lm_head"], lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    load_s = time.perf_counter() - started_load
+    lora = lora_for(model.config.model_type)
+    defaults = lora.defaults
+    model = get_peft_model(model, LoraConfig(
+        r=_param(params, defaults, "lora_r", int), lora_alpha=_param(params, defaults, "lora_alpha", int),
+        target_modules=list(lora.targets), modules_to_save=list(lora.modules_to_save) or None, lora_dropout=0.0,
+        task_type="CAUSAL_LM"))
 
-    max_len = _param(params, "max_seq_length", int)
+    max_len = _param(params, defaults, "max_seq_length", int)
     train = encode(tokenizer, load_conversations(download(spec["train_uri"], job_dir / "train.jsonl")), max_len)
     test = encode(tokenizer, load_conversations(download(spec["test_uri"], job_dir / "test.jsonl")), max_len)
-    test = test[:_param(params, "eval_rows", int)]
-    batch = _param(params, "per_device_train_batch_size", int)
-    epochs, max_steps = _param(params, "num_train_epochs", int), _param(params, "max_steps", int)
-    pad = tokenizer.pad_token_id
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=_param(params, "learning_rate", float))
+    test = test[:_param(params, defaults, "eval_rows", int)]  # the same held-out rows for base and fine-tuned
+    if not train or not test:
+        raise ValueError(f"nothing to learn or to evaluate: {len(train)} train and {len(test)} test conversations "
+                         f"with assistant tokens within max_seq_length={max_len}")
+    batch = _param(params, defaults, "per_device_train_batch_size", int)
+    epochs, max_steps = _param(params, defaults, "num_train_epochs", int), _param(params, defaults, "max_steps", int)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    lr = _param(params, defaults, "learning_rate", float)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
     mlflow.set_tracking_uri(job["tracking_uri"])
     use_experiment(mlflow, spec["experiment"], job_dir.parent.parent / "artifacts")
     end_lost_runs(mlflow, spec["experiment"], spec["name"])
     with mlflow.start_run(run_name=spec["name"], tags={**spec["tags"], "job": spec["name"]}) as run:
-        mlflow.log_params({**LOCAL_DEFAULTS, **params, "train_rows": len(train), "test_rows": len(test)})
-        eval_before = evaluate(model, test, batch, pad)
-        mlflow.log_metric("eval_loss", eval_before, step=0)
-        step, first_loss, last_loss = 0, None, None
-        started = time.perf_counter()
-        for _epoch in range(epochs):
-            for ids, mask, labels in batches(train, batch, pad):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                optim.step()
-                optim.zero_grad()
-                step += 1
-                first_loss = loss.item() if first_loss is None else first_loss
-                last_loss = loss.item()
-                mlflow.log_metric("train_loss", last_loss, step=step)
-                print(f"step {step} train_loss {last_loss:.4f}", flush=True)
-                if step >= max_steps:
-                    break
-            if step >= max_steps:
-                break
-        train_s = time.perf_counter() - started
-        eval_after = evaluate(model, test, batch, pad)
-        mlflow.log_metric("eval_loss", eval_after, step=step)
+        mlflow.log_params({**defaults, **params, "train_rows": len(train), "test_rows": len(test),
+                           "base_model": spec["base_model"]})
+        base_loss, eval_tokens = evaluate(model, test, batch, pad)  # LoRA starts at zero: this is the base model
+        mlflow.log_metrics({"base_eval_loss": base_loss, "eval_loss": base_loss}, step=0)
+        print(f"base eval_loss {base_loss:.4f} on {len(test)} test rows ({eval_tokens} assistant tokens)", flush=True)
+        def logged(step: int, loss: float) -> None:
+            mlflow.log_metric("train_loss", loss, step=step)
+            print(f"step {step} train_loss {loss:.4f}", flush=True)
+
+        curve, tokens, train_s = train_steps(model, optim, train, batch, pad, epochs, max_steps, logged)
+        step = len(curve)
+        eval_loss, _ = evaluate(model, test, batch, pad)
+        mlflow.log_metrics({"eval_loss": eval_loss, "eval_perplexity": _exp(eval_loss),
+                            "base_eval_perplexity": _exp(base_loss)}, step=step)
+        print(f"eval_loss {eval_loss:.4f} (base {base_loss:.4f})", flush=True)
         merged = model.merge_and_unload()
         info = mlflow.transformers.log_model(
             transformers_model={"model": merged, "tokenizer": tokenizer}, name="trained_model",
             task="text-generation", pip_requirements=["torch==2.13.0", "transformers", "mlflow"])
-        metrics = {"train_loss_first": first_loss, "train_loss_last": last_loss, "eval_loss_before": eval_before,
-                   "eval_loss_after": eval_after, "steps": step, "train_seconds": round(train_s, 2),
-                   "mlflow_run_id": run.info.run_id}
+        metrics = {"eval_loss": eval_loss, "base_eval_loss": base_loss, "eval_perplexity": _exp(eval_loss),
+                   "base_eval_perplexity": _exp(base_loss), "eval_rows": len(test), "eval_tokens": eval_tokens,
+                   "train_loss": curve, "eval_curve": [[0, base_loss], [step, eval_loss]], "steps": step,
+                   "train_seconds": round(train_s, 2), "train_tokens": tokens,
+                   "tokens_per_s": round(tokens / train_s, 1) if train_s else None,
+                   "peak_rss_mb": _peak_rss_mb(), "base_load_seconds": round(load_s, 2),
+                   "base_build_seconds": round(build_s, 2), "mlflow_run_id": run.info.run_id}
     return {"status": "Completed", "output_uri": info.model_uri, "metrics": metrics}
+
+
+def _exp(loss: float) -> float:
+    import math
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
 def use_experiment(mlflow, name: str, artifacts: Path) -> None:

@@ -17,6 +17,9 @@ TAG_DATASET = "dataset"
 TAG_DATASET_VERSION = "dataset-version"
 TAG_JOB = "job"
 TAG_MODEL = "model"
+TAG_GATE = "gate"  # on a job: `off` when its request switched the quality gate off
+TAG_EVAL_LOSS = "eval-loss"  # on a model: its gate figures
+TAG_BASE_EVAL_LOSS = "base-eval-loss"
 TAG_BASE_MODEL = "base-model"  # the registry model (with its version) a job fine-tuned: deploy reads its sizes
 
 PIPELINE_RUN_TYPE = "azureml.PipelineRun"

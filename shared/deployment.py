@@ -71,7 +71,7 @@ def _ensure_endpoint(name: str, request: DeployRequest, backend: MLBackend) -> E
         existing = backend.get_endpoint(name)
     except NotFound:
         existing = None
-    if existing is not None and _serving(existing):
+    if existing is not None and serves(existing):
         log.info("endpoint %s already serves", name)
         return existing
     if existing is not None and existing.provisioning_state == "Failed":
@@ -90,7 +90,8 @@ def _ensure_endpoint(name: str, request: DeployRequest, backend: MLBackend) -> E
         return backend.get_endpoint(name)
 
 
-def _serving(endpoint: EndpointInfo) -> bool:
+def serves(endpoint: EndpointInfo) -> bool:
+    """The endpoint is up and a Succeeded deployment carries all its traffic."""
     return endpoint.provisioning_state == "Succeeded" and any(
         d.provisioning_state == "Succeeded" and d.traffic == 100 for d in endpoint.deployments)
 

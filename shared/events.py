@@ -79,6 +79,7 @@ class Decision:
     reason: str
     flow_id: str = ""
     status: str = ""
+    at: str = field(default="", compare=False)  # the event's time, as sent (a redelivery keeps it)
 
 
 def _keys_folded(value) -> dict:
@@ -114,13 +115,13 @@ def decide(event: Event) -> Decision:
     if not job:
         return Decision("ignore", job, "event has no runId", flow)
     if etype == EVENT_RUN_COMPLETED.lower():
-        return Decision("register", job, "pipeline run completed", flow, "Completed")
+        return Decision("register", job, "pipeline run completed", flow, "Completed", event.time)
     given = str(data.get("runstatus") or "")
     status = _STATUSES.get(given.lower(), given)  # Azure's spelling, whatever case the event used
     if status == "Completed":
-        return Decision("register", job, "pipeline run completed (status change)", flow, status)
+        return Decision("register", job, "pipeline run completed (status change)", flow, status, event.time)
     if status in FAILED_STATES:
-        return Decision("record-failure", job, f"pipeline run {status.lower()}", flow, status)
+        return Decision("record-failure", job, f"pipeline run {status.lower()}", flow, status, event.time)
     return Decision("ignore", job, f"status {status or 'unknown'} is not terminal", flow, status)
 
 

@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from shared import flows, naming, settings, storage
-from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID,
+from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_DATASET_VERSION, TAG_FLOW_ID, TAG_GATE,
                               TAG_MANAGED_BY)
 from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, JobInfo, JobSpec, MLBackend
@@ -27,7 +27,7 @@ def default_params() -> dict:
 def job_spec(request: FinetuneRequest) -> JobSpec:
     base_model = base_model_name()
     return JobSpec(
-        name=naming.job_name(request.dataset, request.version, request.params, request.attempt),
+        name=naming.job_name(request.dataset, request.version, request.params, request.attempt, request.gate),
         experiment=f"chat_completion_{base_model}",
         display_name=f"{base_model}-{request.dataset}-{request.version[:8]}",
         base_model=base_model,
@@ -35,7 +35,8 @@ def job_spec(request: FinetuneRequest) -> JobSpec:
         test_uri=naming.prepared_uri(request.dataset, request.version, "test.jsonl"),
         params={**default_params(), **request.params},
         tags={TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: request.flow_id,
-              TAG_DATASET: request.dataset, TAG_DATASET_VERSION: request.version},
+              TAG_DATASET: request.dataset, TAG_DATASET_VERSION: request.version,
+              **({TAG_GATE: "off"} if request.gate == "off" else {})},
     )
 
 

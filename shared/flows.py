@@ -18,17 +18,19 @@ from shared.ttl import utcnow
 
 # Stage -> position in the flow; a later position is further along.
 STAGES = {
-    "refused": 1, "prepared": 1, "submitted": 2, "job-failed": 3, "registered": 3,
-    "deploy-failed": 4, "deployed": 4, "extended": 4, "smoke-tested": 5, "smoke-failed": 5, "reaped": 6,
+    "refused": 1, "prepared": 1, "submitted": 2, "job-failed": 3, "registered": 3, "gate-passed": 4, "gate-failed": 4,
+    "deploy-failed": 5, "deployed": 5, "extended": 5, "smoke-tested": 6, "smoke-failed": 6, "reaped": 7,
 }
 REPEATABLE = ("extended",)  # a lease can be renewed many times: one record each
+# Stages that are one decision: they share one record, so the first verdict is the only one.
+SLOTS = {"gate-passed": "gate", "gate-failed": "gate"}
 _COLUMNS = ("dataset", "version", "job", "model", "endpoint", "expires_at")
 WAITING_PREFIX = "_waiting/"
 
 
 def record_name(flow_id: str, stage: str, at: str = "") -> str:
     suffix = f"-{at.replace(':', '')}" if stage in REPEATABLE else ""
-    return f"{flow_id}/{STAGES[stage]}-{stage}{suffix}.json"
+    return f"{flow_id}/{STAGES[stage]}-{SLOTS.get(stage, stage)}{suffix}.json"
 
 
 def record(container_client, flow_id: str, stage: str, **fields) -> dict:
@@ -41,6 +43,20 @@ def record(container_client, flow_id: str, stage: str, **fields) -> dict:
     except ResourceExistsError:
         pass
     return body
+
+
+def decide_once(container_client, flow_id: str, stage: str, **fields) -> dict:
+    """Record a decision (a stage of a slot, e.g. gate-passed or gate-failed) unless one is recorded; return the
+    record that stands: the first, whoever wrote it. Two concurrent deliveries thus act on the same verdict."""
+    from azure.core.exceptions import ResourceExistsError
+    from shared.storage import get_json, put_json
+    body = {"flow_id": flow_id, "stage": stage, "at": utcnow().isoformat(timespec="milliseconds"), **fields}
+    name = record_name(flow_id, stage)
+    try:
+        put_json(container_client, name, body, overwrite=False)
+        return body
+    except ResourceExistsError:
+        return get_json(container_client, name)
 
 
 def reached(container_client, flow_id: str, stage: str) -> bool:
@@ -96,7 +112,26 @@ class FlowStatus:
 
     def as_dict(self) -> dict:
         return {"flow_id": self.flow_id, "stage": self.stage, **{c: getattr(self, c) for c in _COLUMNS},
+                "gate": self.gate, "eval_loss": self.metric("eval_loss"), "base_eval_loss": self.metric("base_eval_loss"),
                 "stage_times": self.stage_times, "details": self.details}
+
+    @property
+    def gate(self) -> str:
+        """`passed`, `failed`, `off` (switched off for this flow or by the setting), or "" while undecided."""
+        if "gate-failed" in self.stage_times:
+            return "failed"
+        if "gate-passed" in self.stage_times:
+            return "off" if (self.details.get("gate-passed") or {}).get("verdict") == "off" else "passed"
+        return ""
+
+    def metric(self, key: str) -> float | None:
+        """A figure the gate judged by (or, before the gate, the job reported)."""
+        for stage in ("gate-passed", "gate-failed"):
+            value = (self.details.get(stage) or {}).get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return value
+        value = ((self.details.get("registered") or {}).get("metrics") or {}).get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def note(self) -> str:
         """One line for the table: what a waiting dataset waits for, why a stage failed."""
@@ -105,6 +140,8 @@ class FlowStatus:
             return ""
         if self.stage == "waiting":
             return f"waits for {detail.get('waiting_for', '')}"
+        if self.stage == "gate-failed":
+            return str(detail.get("reason", ""))[:120]
         return str(detail.get("error", ""))[:120]
 
 

@@ -38,6 +38,7 @@ class FinetuneRequest(_Message):
     version: DatasetVersion
     params: dict[str, ParamValue] = Field(default_factory=dict)
     attempt: int = Field(default=1, ge=1, le=100)  # 2 and up: a retry of a fine-tune that failed (its own job)
+    gate: Literal["on", "off"] = "on"  # off: this flow deploys whatever its fine-tune scores (recorded)
 
     @field_validator("params")
     @classmethod

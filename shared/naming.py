@@ -100,11 +100,12 @@ def prepared_uri(dataset: str, version: str, file: str) -> str:
     return f"{PREPARED_CONTAINER}/{prepared_prefix(dataset, version)}/{file}"
 
 
-def flow_id(dataset: str, version: str, params: dict, attempt: int = 1) -> str:
+def flow_id(dataset: str, version: str, params: dict, attempt: int = 1, gate: str = "on") -> str:
     """Correlation id of one flow: one prepared version fine-tuned with one set of parameters (a retry of a
-    failed fine-tune, `attempt` 2 and up, is a flow of its own)."""
+    failed fine-tune, `attempt` 2 and up, is a flow of its own, and so is one with the quality gate off)."""
     again = f"/attempt={attempt}" if attempt > 1 else ""
-    return str(uuid.uuid5(_FLOW_NAMESPACE, f"{dataset}/{version}/{canonical_json(params)}{again}"))
+    ungated = "/gate=off" if gate == "off" else ""
+    return str(uuid.uuid5(_FLOW_NAMESPACE, f"{dataset}/{version}/{canonical_json(params)}{again}{ungated}"))
 
 
 def slug(text: str, limit: int) -> str:
@@ -112,10 +113,11 @@ def slug(text: str, limit: int) -> str:
     return s or "x"
 
 
-def job_name(dataset: str, version: str, params: dict, attempt: int = 1) -> str:
+def job_name(dataset: str, version: str, params: dict, attempt: int = 1, gate: str = "on") -> str:
     """Azure ML job names: letters, digits, '-' and '_'; ours are `ft-<dataset>-<hash8>` (a retry's hash
-    covers its attempt: Azure ML never reuses a job's name)."""
-    parts = (dataset, version, canonical_json(params)) + ((f"attempt={attempt}",) if attempt > 1 else ())
+    covers its attempt: Azure ML never reuses a job's name; an ungated flow's covers that too)."""
+    parts = ((dataset, version, canonical_json(params)) + ((f"attempt={attempt}",) if attempt > 1 else ())
+             + (("gate=off",) if gate == "off" else ()))
     return f"ft-{slug(dataset, 24)}-{_digest(*parts)[:8]}"
 
 

@@ -1,7 +1,10 @@
 """The fine-tune pipeline job, as the seed builds it (steps 5-6), from data the caller gathered.
 
-Parameters: the seed's defaults <- the model's `model_specific_defaults` <- app and per-request
-overrides. Keys the component does not declare are dropped and reported (the registry's own
+Parameters: the seed's defaults <- the model's `model_specific_defaults` <- tuneflow's evaluation
+schedule <- app and per-request overrides. The evaluation schedule (four evaluations per epoch) is
+what the quality gate's baseline on Azure is read from: the pipeline never evaluates the base model,
+so the run's first eval_loss stands in for it (shared/ml/metrics.py); a request may still set its
+own. Keys the component does not declare are dropped and reported (the registry's own
 defaults include `learning_rate_min` / `_max`, which azure-ai-ml would refuse); enum inputs get the
 strings the component expects (`2` -> "2", `True` -> "true"); numbers are checked. The job is a
 real azure-ai-ml `PipelineJob` (the component called inside `@pipeline`), so what `submit --dry-run`
@@ -17,6 +20,8 @@ from shared.compute import SERVERLESS, FinetuneCompute
 SEED_TRAINING = {"num_train_epochs": 3, "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
                  "learning_rate": 5e-6, "lr_scheduler_type": "cosine"}
 SEED_OPTIMIZATION = {"apply_lora": "true", "apply_deepspeed": "true", "deepspeed_stage": 2}
+# Several evaluations per epoch, so the eval_loss history has a first point to serve as the gate's baseline.
+GATE_EVALUATION = {"evaluation_strategy": "steps", "evaluation_steps_interval": 0.25}
 COMPUTE_INPUTS = ("compute_model_import", "compute_preprocess", "compute_finetune", "compute_model_evaluation")
 SERVERLESS_INPUTS = ("instance_type_finetune", "instance_type_model_evaluation")
 # Inputs tuneflow sets itself: an override of these is dropped and reported, never passed.
@@ -86,7 +91,7 @@ class Parameters:
 
 
 def resolve(inputs: dict[str, ComponentInput], model_defaults: dict, *overrides: dict) -> Parameters:
-    merged = {**SEED_TRAINING, **SEED_OPTIMIZATION, **model_defaults}
+    merged = {**SEED_TRAINING, **SEED_OPTIMIZATION, **model_defaults, **GATE_EVALUATION}
     for layer in overrides:
         merged.update(layer)
     values, dropped = {}, {}

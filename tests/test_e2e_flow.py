@@ -31,32 +31,38 @@ def upload(path, blob_name: str):
         storage.container("datasets").upload_blob(blob_name, f, overwrite=True)
 
 
-def test_dataset_travels_the_whole_way_and_repeats_are_harmless(host, workspace, tmp_path, monkeypatch):
+def test_dataset_travels_the_whole_way_and_repeats_are_harmless(real_model, host, workspace, tmp_path, monkeypatch):
     from local import sampledata
     from shared.scoring import request_body
-    monkeypatch.setenv("TUNEFLOW_ENDPOINT_TTL", "40s")
+    monkeypatch.setenv("TUNEFLOW_ENDPOINT_TTL", "3m")  # the real model answers in seconds, not milliseconds
     data = sampledata.write(tmp_path / "chat.jsonl", 240, seed=7)
 
     upload(data, "e2e-chat/chat.jsonl")
-    status = wait_for(lambda: (s := stage_of("e2e-chat")) and s.stage in ("smoke-tested", "smoke-failed", "job-failed") and s,
-                      420, "the flow to reach the smoke test")
+    status = wait_for(lambda: (s := stage_of("e2e-chat")) and s.stage in ("smoke-tested", "smoke-failed", "job-failed",
+                                                                          "gate-failed") and s,
+                      600, "the flow to reach the smoke test")
     assert status.stage == "smoke-tested", status.details
     assert status.details["smoke-tested"]["reply"].strip(), "the endpoint answered with empty text"
 
-    # The job really trained: loss went down, and MLflow has the metrics.
+    # The job really trained the real model: loss went down on the held-out rows, and the gate said so.
     job = workspace.get_job(status.job)
     assert job.status == "Completed"
-    assert job.metrics["train_loss_last"] < job.metrics["train_loss_first"]
-    assert job.metrics["eval_loss_after"] < job.metrics["eval_loss_before"]
+    assert job.metrics["base_eval_loss"] < 4, "SmolLM2 should already model English replies (random weights: ~10.8)"
+    assert job.metrics["train_loss"][-1][1] < job.metrics["train_loss"][0][1]
+    assert job.metrics["eval_loss"] < job.metrics["base_eval_loss"]
+    assert status.gate == "passed" and status.details["gate-passed"]["rule"] == "passed"
+    assert status.metric("eval_loss") == job.metrics["eval_loss"]
+    registered = workspace.get_model(*status.model.split(":"))
+    assert float(registered.tags["eval-loss"]) == pytest.approx(job.metrics["eval_loss"], rel=1e-5)
 
     # Key auth: 401 without the key, an answer with it.
     endpoint = workspace.get_endpoint(status.endpoint)
-    body = json.dumps(request_body([{"role": "user", "content": "Tell me about volcanoes."}])).encode()
+    body = json.dumps(request_body([{"role": "user", "content": "Tell me about volcanoes."}], {"max_new_tokens": 24})).encode()
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(urllib.request.Request(endpoint.scoring_uri, data=body, method="POST",
                                                       headers={"Content-Type": "application/json"}), timeout=30)
     assert denied.value.code == 401
-    reply = workspace.invoke(status.endpoint, request_body([{"role": "user", "content": "Tell me about volcanoes."}]))
+    reply = workspace.invoke(status.endpoint, request_body([{"role": "user", "content": "Tell me about volcanoes."}], {"max_new_tokens": 24}))
     assert isinstance(reply["output"], str)
 
     # Same file again (a new blob version, same bytes): one prepared version, one job.
@@ -86,7 +92,7 @@ def test_dataset_travels_the_whole_way_and_repeats_are_harmless(host, workspace,
 
     # The reaper deletes the endpoint when its time is up: its process is gone, its port closed.
     port = int(endpoint.scoring_uri.split(":")[2].split("/")[0])
-    wait_for(lambda: stage_of("e2e-chat").stage == "reaped", 120, "the reaper to delete the endpoint")
+    wait_for(lambda: stage_of("e2e-chat").stage == "reaped", 360, "the reaper to delete the endpoint")
     assert workspace.list_endpoints() == []
     with socket.socket() as s:  # nothing listens there any more
         assert s.connect_ex(("127.0.0.1", port)) != 0
@@ -103,3 +109,30 @@ def test_a_failed_job_is_recorded_and_visible_and_nothing_is_deployed(host, work
     assert "TUNEFLOW_BASE_MODEL_DIR" in status.details["job-failed"]["error"]
     assert workspace.list_endpoints() == []
     assert invocations(host, "deploy") == []
+
+
+def test_a_fine_tune_that_learned_nothing_useful_is_kept_away_from_endpoints(real_model, host, workspace, tmp_path):
+    """Gibberish replies in the train split, normal ones in the test split: the real model gets worse on the test
+    rows, the gate fails with the figures, no deploy message is sent and no endpoint exists."""
+    from local import sampledata
+    rows = list(sampledata.rows(160, seed=11))
+    sampledata.write_rows(tmp_path / "train_sft.jsonl", sampledata.gibberish(rows[:120], seed=1))
+    sampledata.write_rows(tmp_path / "test_sft.jsonl", rows[120:])
+    (tmp_path / "dataset.json").write_text(json.dumps({"files": ["train_sft.jsonl", "test_sft.jsonl"]}))
+    for name in ("train_sft.jsonl", "test_sft.jsonl", "dataset.json"):
+        upload(tmp_path / name, f"e2e-gibberish/{name}")
+    status = wait_for(lambda: (s := stage_of("e2e-gibberish")) and s.stage in ("gate-failed", "gate-passed", "deployed",
+                                                                               "smoke-tested", "job-failed") and s,
+                      600, "the gate's verdict")
+    assert status.stage == "gate-failed", status.details
+    verdict = status.details["gate-failed"]
+    assert verdict["rule"] == "no-improvement" and verdict["eval_loss"] > verdict["base_eval_loss"]
+    assert f"{verdict['base_eval_loss']:.4f}" in verdict["reason"] and f"{verdict['eval_loss']:.4f}" in verdict["reason"]
+    assert status.gate == "failed" and status.model  # registered (with its figures), never deployed
+    wait_for(lambda: len(invocations(host, "job_events", "Succeeded")) >= 1, 60, "job_events to finish")
+    # No deploy message was ever sent: the Service Bus stand-in keeps a marker per MessageId it accepted.
+    from shared import storage
+    sent = list(storage.container("azure-webjobs-hosts").list_blobs(name_starts_with="servicebus-duplicates/deployments/"))
+    assert sent == []
+    assert invocations(host, "deploy") == []
+    assert workspace.list_endpoints() == []

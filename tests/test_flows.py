@@ -111,7 +111,8 @@ def test_a_waiting_row_and_its_note():
     marker = {"dataset": "d", "stage": "waiting", "waiting_for": "dataset.json", "files": ["a"], "at": "t"}
     row = flows.waiting_status(marker)
     assert row.as_dict() == {"flow_id": "", "stage": "waiting", "dataset": "d", "version": "", "job": "", "model": "",
-                             "endpoint": "", "expires_at": "", "stage_times": {"waiting": "t"},
+                             "endpoint": "", "expires_at": "", "gate": "", "eval_loss": None, "base_eval_loss": None,
+                             "stage_times": {"waiting": "t"},
                              "details": {"waiting": {"waiting_for": "dataset.json", "files": ["a"]}}}
     assert row.note() == "waits for dataset.json"
     assert flows.waiting_status({"dataset": "d", "waiting_for": "x", "at": "t"}).details["waiting"]["files"] == []

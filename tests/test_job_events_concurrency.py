@@ -25,7 +25,11 @@ def user_function(module, name: str):
     return next(f.get_user_function() for f in app.get_functions() if f.get_function_name() == name)
 
 
-def finished_job(workspace, tmp_path, name: str = JOB, flow: str = FLOW) -> None:
+IMPROVED = {"eval_loss": 1.2, "base_eval_loss": 2.0, "train_loss": [[1, 2.4], [2, 1.5]]}  # passes the gate
+
+
+def finished_job(workspace, tmp_path, name: str = JOB, flow: str = FLOW, metrics: dict | None = None,
+                 extra_tags: dict | None = None) -> None:
     """A pipeline run that completed, as local.train leaves it in the workspace (job.json, result.json),
     without training: its output is a folder the MLflow registry accepts as a model source."""
     from shared.ml.procs import write_json_atomic
@@ -33,11 +37,12 @@ def finished_job(workspace, tmp_path, name: str = JOB, flow: str = FLOW) -> None
     model.mkdir()
     (model / "MLmodel").write_text("flavors: {}\n")
     tags = {TAG_MANAGED_BY: MANAGED_BY_VALUE, TAG_FLOW_ID: flow, TAG_DATASET: "race",
-            TAG_DATASET_VERSION: "0123456789abcdef"}
+            TAG_DATASET_VERSION: "0123456789abcdef", **(extra_tags or {})}
     job_dir = workspace.jobs / name
     job_dir.mkdir()
     write_json_atomic(job_dir / "job.json", {"spec": {"name": name, "tags": tags}})
-    write_json_atomic(job_dir / "result.json", {"status": "Completed", "output_uri": model.as_uri(), "metrics": {}})
+    write_json_atomic(job_dir / "result.json", {"status": "Completed", "output_uri": model.as_uri(),
+                                                "metrics": IMPROVED if metrics is None else metrics})
 
 
 def completion(name: str = JOB, flow: str = FLOW, schema: str = "eventgrid"):
@@ -113,9 +118,9 @@ def test_two_deliveries_at_once_register_one_version_and_send_one_deploy_request
     assert sent == [(message_id, version)]
     assert service_bus.dropped == [message_id]  # the second run's send, dropped by duplicate detection
     records = [r for r in flows.read_all(storage.container(FLOWS_CONTAINER)) if r["flow_id"] == FLOW]
-    assert [r["stage"] for r in records] == ["registered"]
+    assert sorted(r["stage"] for r in records) == ["gate-passed", "registered"]  # one verdict for both runs
     [status] = flows.summarize(records)
-    assert (status.stage, status.job, status.model) == ("registered", JOB, message_id)
+    assert (status.stage, status.job, status.model, status.gate) == ("gate-passed", JOB, message_id, "passed")
 
 
 class _RacedBackend:
@@ -127,6 +132,12 @@ class _RacedBackend:
 
     def get_job(self, name):
         return self.job
+
+    def job_metrics(self, job):
+        return dict(IMPROVED)
+
+    def list_endpoints(self):
+        return []
 
     def register_model(self, name, version, job, tags):
         from shared.ml.base import MLError
@@ -162,4 +173,4 @@ def test_a_refused_create_counts_as_registered_only_when_the_version_is_there(ex
         assert flow_log.names == []  # nothing recorded: nothing looks done
     else:
         request = handle_decision(decision, backend, flow_log)
-        assert request.job == JOB and flow_log.names == [f"{FLOW}/3-registered.json"]
+        assert request.job == JOB and flow_log.names == [f"{FLOW}/3-registered.json", f"{FLOW}/4-gate.json"]

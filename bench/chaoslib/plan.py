@@ -10,6 +10,7 @@
 | refused | a file whose rows are mostly unusable | one `refused` flow, no job |
 | invalid | a blob whose name is not a dataset's | a report in `prepared/_invalid/`, no flow |
 | waits | a `train_sft.jsonl` alone (a split without its dataset.json) | waiting, no flow |
+| gatefail | train_sft.jsonl with gibberish replies, a normal test_sft.jsonl, dataset.json | one flow, registered, `gate-failed`: no endpoint |
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from local import sampledata
 
 KINDS = ("single", "multi", "twice", "redrop", "refused", "single", "multi", "again", "invalid", "waits",
-         "single", "redrop")
+         "gatefail", "redrop")
 FORMATS = (".jsonl", ".json", ".parquet")
 
 
@@ -38,7 +39,7 @@ class DatasetPlan:
     name: str
     kind: str
     uploads: list[Upload] = field(default_factory=list)
-    expect: str = "deployed"  # deployed | refused | invalid | waiting
+    expect: str = "deployed"  # deployed | gate-failed | refused | invalid | waiting
     flows: int = 1  # distinct prepared versions, so flows, that must come of it
 
     def as_dict(self) -> dict:
@@ -80,9 +81,10 @@ def build(seed: int, n: int, spread_s: float = 20.0) -> list[DatasetPlan]:
                 fresh = list(sampledata.rows(rng.randint(60, 110), seed=seed * 1000 + i + 500))
                 plan.uploads.append(Upload(f"{name}/data{suffix}", _file(fresh, suffix), start + rng.uniform(10, 60)))
                 plan.flows = 2
-        elif kind == "multi":
+        elif kind in ("multi", "gatefail"):
             cut = int(len(rows) * 0.8)
-            files = {"train_sft.jsonl": _file(rows[:cut], ".jsonl"), "test_sft.jsonl": _file(rows[cut:], ".jsonl"),
+            train = list(sampledata.gibberish(rows[:cut], seed=seed * 1000 + i)) if kind == "gatefail" else rows[:cut]
+            files = {"train_sft.jsonl": _file(train, ".jsonl"), "test_sft.jsonl": _file(rows[cut:], ".jsonl"),
                      "dataset.json": json.dumps({"files": ["train_sft.jsonl", "test_sft.jsonl"]}).encode()}
             order = list(files)
             rng.shuffle(order)
@@ -90,6 +92,8 @@ def build(seed: int, n: int, spread_s: float = 20.0) -> list[DatasetPlan]:
             for file in order:
                 plan.uploads.append(Upload(f"{name}/{file}", files[file], at))
                 at += rng.uniform(0, 4)
+            if kind == "gatefail":
+                plan.expect = "gate-failed"
         elif kind == "refused":
             bad = "".join("not json at all\n" for _ in range(len(rows) // 3)).encode()
             plan.uploads.append(Upload(f"{name}/data.jsonl", _file(rows, ".jsonl") + bad, start))

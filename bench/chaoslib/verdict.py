@@ -151,6 +151,10 @@ def judge(verdict: Verdict, plans: list[DatasetPlan], observed: Observed, seen: 
             verdict.flows_expected += plan.flows
             _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after)
             continue
+        if plan.expect == "gate-failed":
+            verdict.flows_expected += plan.flows
+            _judge_gate_failed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after)
+            continue
         ok = True
         if plan.expect == "refused":
             ok = [sorted(f["stages"]) for f in flows] == [["refused"]] and not jobs and not endpoints \
@@ -202,6 +206,37 @@ def _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs
                               after)
             continue
         verdict.flows_exactly_once += 1
+
+
+GATE_FAILED_STAGES = ("prepared", "submitted", "registered", "gate-failed")
+
+
+def _judge_gate_failed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after) -> None:
+    """A fine-tune that learned nothing useful: one flow, one job, one model version, the gate's verdict
+    `gate-failed`, and never an endpoint or a deploy."""
+    name = plan.name
+    if len(flows) != plan.flows:
+        return verdict.violation("lost" if not flows else "duplicates", name, f"{plan.flows} flow(s) gate-failed",
+                                 f"{len(flows)} flows", after)
+    models = observed.models.get(name, Counter())
+    for flow in flows:
+        stages, short = flow["stages"], flow["flow_id"][:8]
+        if "job-failed" in stages and killed_jobs.get(flow["job"], 0) >= job_attempts \
+                and "lost (killed)" in str(flow["details"].get("job-failed")):
+            verdict.failed_as_documented += 1
+            continue
+        missing = [s for s in GATE_FAILED_STAGES if s not in stages]
+        deployed = [s for s in ("gate-passed", "deployed", "deploy-failed", "smoke-tested", "smoke-failed") if s in stages]
+        flow_jobs = [j for j, tags in jobs.items() if tags.get("flow-id") == flow["flow_id"]]
+        if missing or deployed or endpoints:
+            verdict.violation("stuck" if missing and not deployed else "duplicates", name,
+                              f"flow {short} through {', '.join(GATE_FAILED_STAGES)} and no endpoint",
+                              f"reached {list(stages)}; endpoints {sorted(endpoints)}; {_errors(flow)}", after)
+        elif len(flow_jobs) != 1 or models[flow["version"]] != 1:
+            verdict.violation("duplicates", name, f"flow {short}: one job, one model version",
+                              f"jobs {flow_jobs}, model versions {models[flow['version']]}", after)
+        else:
+            verdict.flows_exactly_once += 1
 
 
 def _errors(flow: dict) -> str:

@@ -10,7 +10,7 @@ __all__ = ["AlreadyExists", "EndpointInfo", "JobInfo", "JobSpec", "MLBackend", "
            "NotConfigured", "NotFound", "Throttled", "backend_kind", "base_model_name", "get_backend"]
 
 
-DEFAULT_BASE_MODELS = {"local": "phi-3-tiny", "azure": "Phi-4"}  # Azure: active, chat-completion fine-tuning
+DEFAULT_BASE_MODELS = {"local": "smollm2-135m-instruct", "azure": "Phi-4"}  # Azure: active, chat-completion fine-tuning
 
 
 def backend_kind() -> str:

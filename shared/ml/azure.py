@@ -8,6 +8,8 @@
 - Check-before-create everywhere: a job, model version or endpoint that exists raises
   AlreadyExists, exactly as the local backend does, so a redelivered message finds the work done.
 - Azure errors become one line naming what to change (NotFound, NotConfigured, MLError).
+- A job's metrics (the quality gate's evidence) come from the workspace's MLflow REST API, not the mlflow
+  package: shared/ml/metrics.py says what is read and how it is folded (first / lowest eval_loss).
 
 azure-ai-ml is imported on first use, never at function start-up (about 0.9 s and 100 MB).
 """
@@ -129,6 +131,7 @@ class AzureWorkspace:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._sleep, self._wait_s = sleep, wait_s
         self._ws_client = self._registry_client = None
+        self._mlflow = None  # the MLflow reader, with the workspace's tracking URI: looked up once
 
     @property
     def workspace_id(self) -> str:
@@ -272,6 +275,37 @@ class AzureWorkspace:
             error = f"job {job.name} {job.status.lower()}: see its logs in Azure ML studio ({job.studio_url or 'no url'})"
         return JobInfo(name=job.name, status=_text(job.status), tags=dict(job.tags or {}),
                        output_uri=f"azureml://jobs/{job.name}/outputs/{pipeline.OUTPUT}", error=error)
+
+    def job_metrics(self, job: JobInfo) -> dict:
+        """eval_loss (the lowest), base_eval_loss (the first, given 2+ evaluations), train_loss and eval_curve
+        ([[step, value], ...]) from the run's MLflow history; {} or partial while not reported (see metrics.py)."""
+        from shared.ml import metrics
+        return metrics.read(self._metrics_reader(), job.name)
+
+    def _metrics_reader(self):
+        if self._mlflow is None:
+            from shared.ml import metrics
+            c = self.config
+            with azure_errors(f"workspace {c.workspace} (its MLflow tracking URI)"), self._refused_as_role(c.workspace):
+                ws = self.ws.workspaces.get(c.workspace)
+            uri = getattr(ws, "mlflow_tracking_uri", None) or (
+                f"azureml://{ws.location}.api.azureml.ms/mlflow/v1.0/subscriptions/{c.subscription_id}/resourceGroups/"
+                f"{c.resource_group}/providers/Microsoft.MachineLearningServices/workspaces/{c.workspace}")
+            self._mlflow = metrics.MLflowReader(uri, self._cred(), self._transport, workspace=c.workspace)
+        return self._mlflow
+
+    @contextlib.contextmanager
+    def _refused_as_role(self, workspace: str):
+        """A 403 on the workspace: the app identity lacks its role there, which no retry changes."""
+        from azure.core.exceptions import HttpResponseError
+        from shared.ml.metrics import ROLE
+        try:
+            yield
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise NotConfigured(f"workspace {workspace}: refused ({_first_line(exc)}): give the Function App's "
+                                    f"managed identity the {ROLE} role on it (infra/app/rbac.bicep)") from None
+            raise
 
     # -- models ------------------------------------------------------------------------------
 

@@ -199,6 +199,10 @@ class LocalWorkspace:
             return JobInfo(name=name, status="Running", tags=tags)  # running, or lost and about to start again
         return JobInfo(name=name, status="Failed", tags=tags, error=_lost(job_dir, self._attempt(job_dir)))
 
+    def job_metrics(self, job: JobInfo) -> dict:
+        """What the job reported in its result: the gate's figures (eval_loss, base_eval_loss) and the curves."""
+        return dict(job.metrics)
+
     # -- models -------------------------------------------------------------------------------
     def _client(self):
         from mlflow import MlflowClient  # heavy: only when a model is registered or looked up
