@@ -92,8 +92,11 @@ def handle_decision(decision: Decision, backend: MLBackend, flow_log) -> DeployR
 
 def _evidence(decision: Decision, job, metrics: dict, backend: MLBackend, dataset: str, dataset_version: str,
               model: str) -> gate.Evidence:
+    setting = settings.get("TUNEFLOW_GATE").strip().lower()
+    if setting not in ("on", "off"):
+        raise settings.SettingError(f"TUNEFLOW_GATE={setting!r}: use `on` (judge every fine-tune) or `off` (deploy unjudged)")
     switched_off_by = ("request" if job.tags.get(TAG_GATE, "").lower() == "off"
-                       else "setting" if settings.get("TUNEFLOW_GATE").lower() == "off" else "")
+                       else "setting" if setting == "off" else "")
     serving_loss, serving_model = (None, "") if switched_off_by else serving(backend, dataset, dataset_version, model)
     return gate.Evidence(
         eval_loss=gate.as_float(metrics.get("eval_loss")), base_eval_loss=gate.as_float(metrics.get("base_eval_loss")),

@@ -149,3 +149,14 @@ def test_metrics_never_reported_fail_the_flow_after_the_wait(workspace, tmp_path
         _handle(workspace, again, flow)
     from shared import flows, storage
     assert [r for r in flows.read_all(storage.container("flows")) if r["flow_id"] == flow] == []
+
+
+@pytest.mark.integration
+def test_a_gate_setting_that_is_neither_on_nor_off_is_refused_with_the_accepted_forms(workspace, tmp_path, monkeypatch):
+    from shared.settings import SettingError
+    from tests.test_job_events_concurrency import finished_job
+    monkeypatch.setenv("TUNEFLOW_ML_BACKEND", "local")
+    monkeypatch.setenv("TUNEFLOW_GATE", "of")
+    finished_job(workspace, tmp_path)
+    with pytest.raises(SettingError, match="TUNEFLOW_GATE='of': use `on`"):
+        _handle(workspace)
