@@ -24,9 +24,9 @@ DEMO_DATASET = "ultrachat-demo"
 DEMO_ROWS = 600
 DEMO_SETTINGS = {
     "TUNEFLOW_STATE_DIR": str(PROJECT_ROOT / ".tuneflow" / "demo"),
-    "TUNEFLOW_ENDPOINT_TTL": "30s",
+    "TUNEFLOW_ENDPOINT_TTL": "90s",  # the smoke test, the chat and the base model's answer take a minute on 2 cores
     "TUNEFLOW_REAPER_SCHEDULE": "*/5 * * * * *",
-    "TUNEFLOW_FINETUNE_PARAMS": json.dumps({"max_steps": 30}),
+    "TUNEFLOW_FINETUNE_PARAMS": json.dumps({"max_steps": 20}),
     "TUNEFLOW_ML_BACKEND": "local",
 }
 STAGES = [("prepared", "validated and split into JSONL"), ("submitted", "fine-tune job submitted"),
