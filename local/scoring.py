@@ -1,4 +1,5 @@
-"""A local online endpoint: `python -m local.scoring ENDPOINT_DIR` (started by the local workspace).
+"""A local online deployment: `python -m local.scoring DEPLOYMENT_DIR` (started by the local workspace,
+behind its endpoint's router, local/router.py).
 
 Loads the registered MLflow model, listens on a free loopback port (the same one again when
 restarted) and serves the Azure ML chat-completion contract: `POST /score` with `Authorization: Bearer <key>` and the body
@@ -105,17 +106,18 @@ def make_handler(chat: ChatModel, key: str):
 
 
 def main(argv: list[str]) -> int:
-    ep_dir = Path(argv[1])
-    procs.announce(ep_dir)  # first: whoever looks finds this process, even if its starter died
-    record = read_json(ep_dir / "endpoint.json")
-    key = (ep_dir / "key").read_text().strip()
+    dep_dir = Path(argv[1])  # <endpoint>/deployments/<deployment>
+    procs.announce(dep_dir)  # first: whoever looks finds this process, even if its starter died
+    record = read_json(dep_dir / "deployment.json")
+    key = (dep_dir.parent.parent / "key").read_text().strip()  # the endpoint's key: the router forwards it
     chat = ChatModel.from_mlflow(record["model"]["uri"], record["tracking_uri"])
-    # The endpoint's address is stable: a restarted process binds the port its first process was given.
+    # A deployment's address is stable: a restarted process binds the port its first process was given.
     server = ThreadingHTTPServer(("127.0.0.1", int(record.get("port") or 0)), make_handler(chat, key))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    procs.announce(ep_dir, port=server.server_address[1], ready=True)
-    print(f"endpoint {record['name']} serving {record['model']['uri']} on 127.0.0.1:{server.server_address[1]}", flush=True)
+    procs.announce(dep_dir, port=server.server_address[1], ready=True)
+    print(f"deployment {record['name']} serving {record['model']['uri']} on 127.0.0.1:{server.server_address[1]}",
+          flush=True)
     server.serve_forever()
     server.server_close()
     return 0

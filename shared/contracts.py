@@ -28,5 +28,5 @@ EVENT_RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
 EVENT_SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 EVENT_BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 
-# The deployment name the seed uses; one deployment per endpoint, 100 % traffic.
-DEPLOYMENT_NAME = "demo"
+TAG_FLOW_STARTED_AT = "flow-started-at"  # on a deployment: when its flow began (a later flow's model supersedes it)
+TAG_TRAFFIC_CHANGED_AT = "traffic-changed-at"  # on an endpoint: tuneflow's last traffic change (idle deployments age from it)

@@ -19,30 +19,50 @@ from shared.ttl import utcnow
 # Stage -> position in the flow; a later position is further along.
 STAGES = {
     "refused": 1, "prepared": 1, "submitted": 2, "job-failed": 3, "registered": 3, "gate-passed": 4, "gate-failed": 4,
-    "deploy-failed": 5, "deployed": 5, "extended": 5, "smoke-tested": 6, "smoke-failed": 6, "reaped": 7,
+    "deploy-failed": 5, "deployed": 5, "extended": 5, "smoke-tested": 6, "smoke-failed": 6, "mirrored": 7,
+    "shifted": 8, "rolled-out": 9, "rollout-failed": 9, "superseded": 9, "rolled-back": 10, "reaped": 11,
 }
-REPEATABLE = ("extended",)  # a lease can be renewed many times: one record each
+REPEATABLE = ("extended", "rolled-back")  # can happen many times: one record each, by time
+KEYED = ("shifted",)  # one record per key: a traffic step, by its percent (`8-shifted-010.json`)
 # Stages that are one decision: they share one record, so the first verdict is the only one.
-SLOTS = {"gate-passed": "gate", "gate-failed": "gate"}
+SLOTS = {"gate-passed": "gate", "gate-failed": "gate",
+         "rolled-out": "rollout", "rollout-failed": "rollout", "superseded": "rollout"}
 _COLUMNS = ("dataset", "version", "job", "model", "endpoint", "expires_at")
-WAITING_PREFIX = "_waiting/"
+WAITING_PREFIX = "_waiting/"  # every name starting with "_" is not a flow record (`_locks/` too)
 
 
-def record_name(flow_id: str, stage: str, at: str = "") -> str:
-    suffix = f"-{at.replace(':', '')}" if stage in REPEATABLE else ""
+def record_name(flow_id: str, stage: str, at: str = "", key: str = "") -> str:
+    suffix = f"-{at.replace(':', '')}" if stage in REPEATABLE else (f"-{key}" if stage in KEYED else "")
     return f"{flow_id}/{STAGES[stage]}-{SLOTS.get(stage, stage)}{suffix}.json"
 
 
-def record(container_client, flow_id: str, stage: str, **fields) -> dict:
-    """Write a stage record once; a repeat of the same stage keeps the first record."""
+def record(container_client, flow_id: str, stage: str, key: str = "", **fields) -> dict:
+    """Write a stage record once; a repeat of the same stage (and key) keeps the first record."""
     from azure.core.exceptions import ResourceExistsError
     from shared.storage import put_json
     body = {"flow_id": flow_id, "stage": stage, "at": utcnow().isoformat(timespec="milliseconds"), **fields}
+    if key:
+        body["key"] = key
     try:
-        put_json(container_client, record_name(flow_id, stage, body["at"]), body, overwrite=False)
+        put_json(container_client, record_name(flow_id, stage, body["at"], key), body, overwrite=False)
     except ResourceExistsError:
         pass
     return body
+
+
+def get(container_client, flow_id: str, stage: str, key: str = "") -> dict | None:
+    """The record of `stage` (of a slot: the verdict that stands, whichever stage it is), or None."""
+    from shared.storage import get_json
+    return get_json(container_client, record_name(flow_id, stage, key=key))
+
+
+def started_at(container_client, flow_id: str) -> str:
+    """When the flow began: its earliest record (prepared, or submitted for a flow `tuneflow submit` began)."""
+    import json
+    ats = [json.loads(container_client.download_blob(b.name).readall()).get("at", "")
+           for b in container_client.list_blobs(name_starts_with=f"{flow_id}/")
+           if b.name.split("/", 1)[1].startswith(("1-", "2-"))]
+    return min((a for a in ats if a), default="")
 
 
 def decide_once(container_client, flow_id: str, stage: str, **fields) -> dict:
@@ -59,10 +79,10 @@ def decide_once(container_client, flow_id: str, stage: str, **fields) -> dict:
         return get_json(container_client, name)
 
 
-def reached(container_client, flow_id: str, stage: str) -> bool:
-    """Whether the flow has a record of `stage` (not for repeatable stages)."""
+def reached(container_client, flow_id: str, stage: str, key: str = "") -> bool:
+    """Whether the flow has a record of `stage` (not for repeatable stages; for a slot, of its verdict)."""
     from shared.storage import exists
-    return exists(container_client, record_name(flow_id, stage))
+    return exists(container_client, record_name(flow_id, stage, key=key))
 
 
 def record_waiting(container_client, dataset: str, waiting_for: str, files: list[str], listed_at) -> None:
@@ -75,7 +95,7 @@ def record_waiting(container_client, dataset: str, waiting_for: str, files: list
 
 def read_all(container_client) -> list[dict]:
     """Every flow record (the waiting markers are read by `read_waiting`)."""
-    return [r for name, r in _read(container_client) if not name.startswith(WAITING_PREFIX)]
+    return [r for name, r in _read(container_client) if not name.startswith("_")]
 
 
 def read_waiting(container_client, records: list[dict]) -> list[dict]:
@@ -140,7 +160,7 @@ class FlowStatus:
             return ""
         if self.stage == "waiting":
             return f"waits for {detail.get('waiting_for', '')}"
-        if self.stage == "gate-failed":
+        if self.stage in ("gate-failed", "rollout-failed", "superseded", "rolled-back"):
             return str(detail.get("reason", ""))[:120]
         return str(detail.get("error", ""))[:120]
 

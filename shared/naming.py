@@ -134,10 +134,21 @@ def model_version(job: str) -> str:
     return str(int(_digest(job)[:16], 16) % MAX_MODEL_VERSION + 1)
 
 
-def endpoint_name(model: str, version: str, workspace: str) -> str:
-    """Azure's rule: 3-32 chars, starts with a letter, letters/digits/hyphens, no trailing hyphen.
+def endpoint_name(dataset: str, workspace: str) -> str:
+    """One endpoint per dataset, the same for every model version of it (its scoring URI and keys stay).
 
-    Online endpoint names are unique per Azure region across every workspace, so the hash covers
-    the workspace (`MLBackend.workspace_id`) too: dev and prod in one region fine-tuning the same
-    data get different names."""
-    return f"tf-{slug(model, 18)}-{_digest(workspace.lower(), model, version)[:8]}"
+    Azure's rule: 3-32 chars, starts with a letter, letters/digits/hyphens, no trailing hyphen. Online
+    endpoint names are unique per Azure region across every workspace, so the hash covers the workspace
+    (`MLBackend.workspace_id`) too: dev and prod in one region fine-tuning one dataset get different names."""
+    return f"tf-{slug(check_dataset(dataset), 18)}-{_digest(workspace.lower(), 'endpoint', dataset)[:8]}"
+
+
+DEPLOYMENT_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+
+
+def deployment_name(model_version: str) -> str:
+    """The deployment of one model version, named after it (Azure: 3-32 chars, a letter first, letters,
+    digits and hyphens): `v-<version>`, at most 12 characters for a 32-bit version."""
+    if not re.fullmatch(r"[1-9][0-9]{0,9}", str(model_version)) or int(model_version) > MAX_MODEL_VERSION:
+        raise InvalidName(f"model version {model_version!r} is not an integer 1..{MAX_MODEL_VERSION}")
+    return f"v-{model_version}"

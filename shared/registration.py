@@ -22,7 +22,6 @@ from shared import flows, gate, naming, settings
 from shared.contracts import (MANAGED_BY_VALUE, TAG_BASE_EVAL_LOSS, TAG_BASE_MODEL, TAG_DATASET, TAG_DATASET_VERSION,
                               TAG_EVAL_LOSS, TAG_FLOW_ID, TAG_GATE, TAG_MANAGED_BY, TAG_MODEL)
 from shared.events import FAILED_STATES, Decision
-from shared.deployment import serves
 from shared.ml import base_model_name
 from shared.ml.base import AlreadyExists, MLBackend, MLError, NotFound
 from shared.ttl import parse_ttl, utcnow
@@ -121,17 +120,22 @@ def serving(backend: MLBackend, dataset: str, dataset_version: str, own_model: s
     which model that is; (None, "") when none serves or none carries its figures."""
     best: tuple[float | None, str] = (None, "")
     for endpoint in backend.list_endpoints():
-        model = endpoint.tags.get(TAG_MODEL, "")
-        if (endpoint.tags.get(TAG_MANAGED_BY) != MANAGED_BY_VALUE or endpoint.tags.get(TAG_DATASET) != dataset
-                or not serves(endpoint) or not model or model == own_model or ":" not in model):
+        if endpoint.tags.get(TAG_MANAGED_BY) != MANAGED_BY_VALUE or endpoint.tags.get(TAG_DATASET) != dataset \
+                or endpoint.provisioning_state != "Succeeded":
             continue
-        try:
-            ref = backend.get_model(*model.rsplit(":", 1))
-        except NotFound:
-            continue
-        loss = gate.as_float(ref.tags.get(TAG_EVAL_LOSS))
-        if ref.tags.get(TAG_DATASET_VERSION) == dataset_version and loss is not None and (best[0] is None or loss < best[0]):
-            best = (loss, model)
+        for deployment in endpoint.deployments:  # those with live traffic serve
+            model = deployment.tags.get(TAG_MODEL, "") or deployment.model
+            if deployment.provisioning_state != "Succeeded" or not deployment.traffic or not model \
+                    or model == own_model or ":" not in model:
+                continue
+            try:
+                ref = backend.get_model(*model.rsplit(":", 1))
+            except NotFound:
+                continue
+            loss = gate.as_float(ref.tags.get(TAG_EVAL_LOSS))
+            if ref.tags.get(TAG_DATASET_VERSION) == dataset_version and loss is not None \
+                    and (best[0] is None or loss < best[0]):
+                best = (loss, model)
     return best
 
 

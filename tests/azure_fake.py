@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -256,6 +257,7 @@ class FakeAzureML:
         self.grants = list(self.grants) if self.grants is not None else [self.scope]
         self.region.workspaces[self.scope] = self
         self._latest_op: dict = {}  # (kind, key) -> id of the last operation started on that resource
+        self._stamps = 0
         self._routes = self._route_table()
         for path in sorted(self.reference.glob("*.spec.yaml")):
             spec = yaml.safe_load(path.read_text())
@@ -402,6 +404,7 @@ class FakeAzureML:
             # workspace
             ("GET", ws, self._workspace),
             ("GET", ws + rf"/computes/{name}", self._get("computes")),
+            ("GET", ws + r"/jobs", self._list_jobs),
             ("GET", ws + rf"/jobs/{name}", self._get("jobs")),
             ("PUT", ws + rf"/jobs/{name}", self._put_job),
             ("POST", ws + rf"/jobs/{name}/cancel", self._cancel_job),
@@ -631,8 +634,18 @@ class FakeAzureML:
         props = dict(data["properties"], status="NotStarted")
         self.jobs[name] = {"id": f"{self.scope}/jobs/{name}", "name": name,
                            "type": "Microsoft.MachineLearningServices/workspaces/jobs",
-                           "properties": props, "systemData": SYSTEM_DATA}
+                           "properties": props, "systemData": dict(SYSTEM_DATA, createdAt=self._stamp())}
         return 201, self.jobs[name]
+
+    def _list_jobs(self, query, **_):
+        """Jobs - List: `tag` keeps the jobs that have that tag key (any value); archived jobs are not listed."""
+        key = query.get("tag")
+        return 200, {"value": [j for j in self.jobs.values() if key is None or key in (j["properties"].get("tags") or {})]}
+
+    def _stamp(self) -> str:
+        """Creation times that advance a second per resource, as a real service's clock does between calls."""
+        self._stamps += 1
+        return (datetime(2026, 11, 26, tzinfo=timezone.utc) + timedelta(seconds=self._stamps)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _cancel_job(self, name, query, **_):
         """202 + Location (the generated client's begin_cancel polls it); the job ends Canceled."""
@@ -680,6 +693,9 @@ class FakeAzureML:
             return _user_error(400, NAME_TAKEN)
         previous = self.endpoints.get(name)
         props = dict(data.get("properties") or {})
+        problem = self._traffic_problem(name, props.get("traffic") or {}, props.get("mirrorTraffic") or {})
+        if problem:
+            return _user_error(400, problem)
         kept = (previous or {}).get("properties", {})
         props["properties"] = dict(props.get("properties") or {})
         props["properties"]["azureml.onlineendpointid"] = f"{self.scope}/onlineEndpoints/{name}".lower()
@@ -704,6 +720,29 @@ class FakeAzureML:
         # Recorded: 201 for a creation and for an update (the traffic PUT of online_deployment_create).
         return self._accepted(201, self.endpoints[name], op, query,
                               self._resource_url(f"onlineEndpoints/{name}", query))
+
+    def _traffic_problem(self, name: str, traffic: dict, mirror: dict) -> str:
+        """What the service refuses in an endpoint's traffic (wording modeled): shares that are not whole
+        percents, deployments that do not exist or are not Succeeded, live shares not summing to 0 or 100,
+        mirror traffic to more than one deployment, above 50 %, or to one that takes live traffic."""
+        for kind, shares in (("traffic", traffic), ("mirrorTraffic", mirror)):
+            for deployment, pct in shares.items():
+                if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
+                    return f"Invalid {kind} value {pct!r} for deployment {deployment}: an integer from 0 to 100."
+                item = self.deployments.get((name, deployment))
+                if item is None:
+                    return f"Deployment {deployment} in {kind} does not exist on endpoint {name}."
+                if pct and item["properties"]["provisioningState"] != "Succeeded":
+                    return (f"Deployment {deployment} is in {item['properties']['provisioningState']} state; "
+                            f"only a Succeeded deployment can take {kind}.")
+        if sum(traffic.values()) not in (0, 100):
+            return f"Traffic values need to sum to 0 or 100; they sum to {sum(traffic.values())}."
+        mirrored = {d: p for d, p in mirror.items() if p}
+        if len(mirrored) > 1 or sum(mirrored.values()) > 50:
+            return "Mirror traffic can go to one deployment only, at most 50 percent."
+        if any(traffic.get(d) for d in mirrored):
+            return "A deployment cannot receive both live traffic and mirror traffic."
+        return ""
 
     def _delete_endpoint(self, name, query, **_):
         if self.throttled_deletes:
@@ -752,7 +791,7 @@ class FakeAzureML:
             "id": f"{self.scope}/onlineEndpoints/{endpoint}/deployments/{name}", "name": name, "location": self.location,
             "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
             "tags": data.get("tags") or {}, "kind": "Managed", "sku": sku, "properties": props,
-            "systemData": SYSTEM_DATA}
+            "systemData": (previous or {}).get("systemData") or dict(SYSTEM_DATA, createdAt=self._stamp())}
         op = self._start("deployments", (endpoint, name), "update" if previous else "create", error)
         # Recorded: 201 for a creation; an update is answered 201 too (as the recorded endpoint update).
         return self._accepted(201, self.deployments[(endpoint, name)], op, query,
@@ -761,7 +800,8 @@ class FakeAzureML:
     def _delete_deployment(self, endpoint, name, query, **_):
         if (endpoint, name) not in self.deployments:
             return 204, None
-        if (self.endpoints[endpoint]["properties"].get("traffic") or {}).get(name):
+        props = self.endpoints[endpoint]["properties"]
+        if (props.get("traffic") or {}).get(name) or (props.get("mirrorTraffic") or {}).get(name):
             # A deployment that carries live traffic cannot be deleted (Azure docs, safe rollout);
             # the wording is modeled.
             return _user_error(400, f"Deployment {name} of endpoint {endpoint} has live traffic: set its traffic "

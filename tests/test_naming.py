@@ -46,13 +46,23 @@ def test_names_are_deterministic_and_depend_on_every_input():
     assert naming.model_version(j).isdigit()
 
 
-@pytest.mark.parametrize("model", ["phi-3-tiny-ultrachat", "Phi-3-mini-4k-instruct-ultrachat-200k", "9" * 80,
-                                   "---", "a", "Ünïcode-model", "x_y.z"])
-@pytest.mark.parametrize("version", ["1", "2147483647"])
-def test_endpoint_names_follow_azure_rules(model, version):
-    name = naming.endpoint_name(model, version, "sub/rg/ws")
+@pytest.mark.parametrize("dataset", ["ultrachat", "ultrachat-200k", "9" * 63, "a", "x_y.z", "_".join("ab" * 10)])
+def test_endpoint_names_follow_azure_rules(dataset):
+    name = naming.endpoint_name(dataset, "sub/rg/ws")
     assert AZURE_ENDPOINT.match(name), name
     assert 3 <= len(name) <= 32
+
+
+@pytest.mark.parametrize("version", ["1", "42", "2147483647"])
+def test_deployment_names_follow_azure_rules(version):
+    name = naming.deployment_name(version)
+    assert naming.DEPLOYMENT_RE.match(name) and 3 <= len(name) <= 32, name
+
+
+@pytest.mark.parametrize("version", ["0", "-1", "2147483648", "01", "1.5", "", "v1"])
+def test_a_model_version_azure_would_refuse_has_no_deployment_name(version):
+    with pytest.raises(naming.InvalidName):
+        naming.deployment_name(version)
 
 
 def test_a_retry_is_a_flow_and_a_job_of_its_own_and_the_first_attempt_keeps_its_names():
@@ -63,33 +73,20 @@ def test_a_retry_is_a_flow_and_a_job_of_its_own_and_the_first_attempt_keeps_its_
     assert len({naming.job_name("d", v, {}, a) for a in (1, 2, 3)}) == 3
 
 
-def test_each_model_version_gets_its_own_endpoint_name():
-    """One endpoint per model version: a name that ignored the version would send a new model's deploy
-    request to the old model's endpoint, which deploy then takes as already serving."""
-    names = {naming.endpoint_name("Phi-4-ultrachat", str(v), "sub/rg/ws") for v in (1, 2, 3, 2147483647)}
-    assert len(names) == 4
-    assert naming.endpoint_name("Phi-4-ultrachat", "1", "w") != naming.endpoint_name("Phi-4-other", "1", "w")
+def test_one_endpoint_per_dataset_whatever_the_model_version_and_one_deployment_per_version():
+    """The endpoint's scoring URI and key outlive a model version: its name ignores the version; each
+    version is a deployment of its own on it."""
+    assert naming.endpoint_name("ultrachat", "sub/rg/ws") == naming.endpoint_name("ultrachat", "sub/rg/ws")
+    assert naming.endpoint_name("ultrachat", "w") != naming.endpoint_name("ultrachat-2", "w")
+    assert len({naming.deployment_name(str(v)) for v in (1, 2, 3, 2147483647)}) == 4
 
 
 def test_endpoint_names_differ_per_workspace_and_ignore_its_case():
     """Azure makes online endpoint names unique per region across workspaces: dev and prod in one
-    region deploying the same model version must not compute the same name."""
-    dev = naming.endpoint_name("Phi-4-ultrachat", "7", "sub/rg-dev/ws")
-    assert dev != naming.endpoint_name("Phi-4-ultrachat", "7", "sub/rg-prod/ws")
-    assert dev == naming.endpoint_name("Phi-4-ultrachat", "7", "SUB/RG-DEV/WS")
-
-
-@pytest.mark.parametrize("job", ["ft-a-00000000", "ft-ultrachat-ffffffff", *(f"ft-x-{i:08x}" for i in range(300))])
-def test_model_versions_are_positive_32_bit_integers(job):
-    version = naming.model_version(job)
-    assert version.isdigit() and 1 <= int(version) <= 2**31 - 1, version
-    assert version == naming.model_version(job)
-
-
-def test_model_versions_use_the_whole_range():
-    """A version taken from 32 bits of the hash reached 4,294,967,295; Azure ML refuses past 2**31 - 1."""
-    versions = [int(naming.model_version(f"ft-x-{i:08x}")) for i in range(2000)]
-    assert max(versions) > 2**30 and len(set(versions)) == len(versions)
+    region deploying the same dataset must not compute the same name."""
+    dev = naming.endpoint_name("ultrachat", "sub/rg-dev/ws")
+    assert dev != naming.endpoint_name("ultrachat", "sub/rg-prod/ws")
+    assert dev == naming.endpoint_name("ultrachat", "SUB/RG-DEV/WS")
 
 
 def test_ignored_blobs():
@@ -106,9 +103,11 @@ def test_ignored_blobs():
     (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}), "ft-ultrachat-a9fe2a58"),
     (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}, attempt=2), "ft-ultrachat-0a852094"),
     (lambda: naming.job_name("a" * 40, "v1", {}), "ft-" + "a" * 24 + "-" + naming.job_name("a" * 40, "v1", {})[-8:]),
-    (lambda: naming.endpoint_name("phi-3-mini-4k-instruct-ultrachat", "7", "sub/rg/WS"), "tf-phi-3-mini-4k-inst-9b2660c8"),
-    (lambda: naming.endpoint_name("phi-3-mini-4k-instruct-ultrachat", "7", "sub/rg/ws"), "tf-phi-3-mini-4k-inst-9b2660c8"),
-], ids=["canonical-json", "flow", "flow-retry", "job", "job-retry", "job-long-dataset", "endpoint", "endpoint-ws-case"])
+    (lambda: naming.endpoint_name("ultrachat-200k", "sub/rg/WS"), "tf-ultrachat-200k-49d5febe"),
+    (lambda: naming.endpoint_name("ultrachat-200k", "sub/rg/ws"), "tf-ultrachat-200k-49d5febe"),
+    (lambda: naming.deployment_name("7"), "v-7"),
+], ids=["canonical-json", "flow", "flow-retry", "job", "job-retry", "job-long-dataset", "endpoint", "endpoint-ws-case",
+        "deployment"])
 def test_names_are_stable_across_releases(made, expected):
     assert made() == expected
 

@@ -29,9 +29,9 @@ from typing import Callable
 
 from shared import settings
 from shared.compute import SERVERLESS, FinetuneCompute, check_finetune, check_inference, gpu_counts
-from shared.contracts import DEPLOYMENT_NAME, TAG_BASE_MODEL
-from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError, ModelRef,
-                            NameTaken, NotConfigured, NotFound, NotReady, ServiceTimeout, Throttled)
+from shared.contracts import TAG_BASE_MODEL
+from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, HasTraffic, JobInfo, JobSpec, MLError,
+                            ModelRef, NameTaken, NotConfigured, NotFound, NotReady, ServiceTimeout, Throttled)
 from shared.modelspec import ACTIVE_ALTERNATIVE, BaseModelUnusable, ModelFacts, preflight
 from shared import pipeline
 from shared.sdk_quiet import sdk_quiet
@@ -273,8 +273,28 @@ class AzureWorkspace:
         error = ""
         if job.status in ("Failed", "Canceled"):
             error = f"job {job.name} {job.status.lower()}: see its logs in Azure ML studio ({job.studio_url or 'no url'})"
+        created = getattr(getattr(job, "creation_context", None), "created_at", None) or ""
+        if hasattr(created, "isoformat"):
+            created = (created if created.tzinfo else created.replace(tzinfo=timezone.utc)).isoformat()
+        settings_ = getattr(job, "settings", None)
+        compute = str(getattr(settings_, "default_compute", None) or getattr(job, "compute", None) or "")
         return JobInfo(name=job.name, status=_text(job.status), tags=dict(job.tags or {}),
-                       output_uri=f"azureml://jobs/{job.name}/outputs/{pipeline.OUTPUT}", error=error)
+                       output_uri=f"azureml://jobs/{job.name}/outputs/{pipeline.OUTPUT}", error=error,
+                       created_at=str(created), compute=compute)
+
+    def list_jobs(self, tags: dict) -> list[JobInfo]:
+        """Jobs carrying all `tags`: the service filters by the first tag's key (`?tag=`), values are matched here."""
+        first = next(iter(tags), None)
+        with azure_errors("listing jobs"):
+            found = [self._job_info(j) for j in self.ws.jobs.list(**({"tag": first} if first else {})) if j is not None]
+        return [j for j in found if all(j.tags.get(k) == v for k, v in tags.items())]
+
+    def cancel_job(self, name: str) -> None:
+        job = self.get_job(name)  # NotFound
+        if job.status in ("Completed", "Failed", "Canceled"):
+            return
+        with azure_errors(f"canceling job {name}"):
+            self.ws.jobs.begin_cancel(name).result()
 
     def job_metrics(self, job: JobInfo) -> dict:
         """eval_loss (the lowest), base_eval_loss (the first, given 2+ evaluations), train_loss and eval_curve
@@ -354,60 +374,75 @@ class AzureWorkspace:
         check_inference(facts, sku, self.config.inference_override)
         return sku
 
-    def deploy(self, endpoint: str, model: ModelRef, tags: dict) -> EndpointInfo:
-        """Endpoint (with its tags, so the reaper sees it at once), a `Succeeded` deployment, then 100 % traffic.
-
-        A redelivery after a crash or a timeout half-way resumes where the last attempt stopped (the
-        endpoint keeps the tags, and so the expiry, it was created with): a deployment still `Creating`
-        is waited for, a `Failed` one is deleted and created again, and traffic only ever goes to a
-        `Succeeded` one. Only a complete endpoint raises AlreadyExists."""
+    def create_endpoint(self, name: str, tags: dict) -> EndpointInfo:
+        """A key-auth endpoint with its tags (so the reaper sees it at once), waited for until Succeeded. One an
+        earlier attempt left Creating is waited for and returned; one that is there already raises AlreadyExists."""
         from azure.ai.ml.entities import ManagedOnlineEndpoint
-        online = self._online_endpoint(endpoint)
-        if online is not None and (online.traffic or {}).get(DEPLOYMENT_NAME) == 100 \
-                and self._deployment_state(endpoint) == "Succeeded":
-            raise AlreadyExists(f"endpoint {endpoint} already exists")
-        sku = self.inference_sku(model)
+        online = self._online_endpoint(name)
+        if online is not None and _text(online.provisioning_state) not in TRANSITIONAL:
+            raise AlreadyExists(f"endpoint {name} already exists")
         if online is None:
-            online = ManagedOnlineEndpoint(name=endpoint, auth_mode="key", tags=tags,
-                                           description=f"{model.name}:{model.version}, deployed by tuneflow")
-            with azure_errors(f"creating endpoint {endpoint}"), self._endpoint_name_errors(endpoint):
+            online = ManagedOnlineEndpoint(name=name, auth_mode="key", tags=dict(tags),
+                                           description=f"dataset {tags.get('dataset', '?')}: one deployment per model "
+                                                       f"version, rolled out by tuneflow")
+            with azure_errors(f"creating endpoint {name}"), self._endpoint_name_errors(name):
                 self.ws.online_endpoints.begin_create_or_update(online).result()
-        online = self._wait(f"endpoint {endpoint}", lambda: self._endpoint_entity(endpoint))
+        online = self._wait(f"endpoint {name}", lambda: self._endpoint_entity(name))
         if _text(online.provisioning_state) != "Succeeded":
-            raise MLError(f"endpoint {endpoint} is {_text(online.provisioning_state)}: it is deleted and created "
+            raise MLError(f"endpoint {name} is {_text(online.provisioning_state)}: it is deleted and created "
                           f"again on the next delivery")
-        self._succeeded_deployment(endpoint, model, sku)
-        if (online.traffic or {}).get(DEPLOYMENT_NAME) != 100:
-            online.traffic = {DEPLOYMENT_NAME: 100}
-            with azure_errors(f"routing traffic of {endpoint}"):
-                self.ws.online_endpoints.begin_create_or_update(online).result()
-        return self.get_endpoint(endpoint)
+        return self.get_endpoint(name)
 
-    def _succeeded_deployment(self, endpoint: str, model: ModelRef, sku: str) -> None:
-        """Leave the deployment `Succeeded`: wait for one in progress, replace a failed one, create a missing one."""
+    def create_deployment(self, endpoint: str, deployment: str, model: ModelRef, tags: dict) -> DeploymentInfo:
+        """The model version as a deployment at 0 % (creating a deployment never moves traffic), left Succeeded:
+        one in progress (an earlier attempt) is waited for; a Failed one is refused (the caller deletes it)."""
         from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
-        state = self._deployment_state(endpoint)
+        state = self._deployment_state(endpoint, deployment)
         if state in TRANSITIONAL:
-            log.info("deployment %s of %s is %s (an earlier attempt): waiting", DEPLOYMENT_NAME, endpoint, state)
-            state = _text(self._wait(f"deployment {DEPLOYMENT_NAME} of {endpoint}",
-                                     lambda: self._deployment_entity(endpoint)).provisioning_state)
-        if state in FAILED:
-            log.warning("deployment %s of %s is %s: deleting it and deploying again", DEPLOYMENT_NAME, endpoint, state)
-            with azure_errors(f"deleting failed deployment {DEPLOYMENT_NAME} of {endpoint}"):
-                self.ws.online_deployments.begin_delete(name=DEPLOYMENT_NAME, endpoint_name=endpoint).result()
-            state = None
+            log.info("deployment %s of %s is %s (an earlier attempt): waiting", deployment, endpoint, state)
+            state = _text(self._wait(f"deployment {deployment} of {endpoint}",
+                                     lambda: self._deployment_entity(endpoint, deployment)).provisioning_state)
         if state is None:
-            deployment = ManagedOnlineDeployment(
-                name=DEPLOYMENT_NAME, endpoint_name=endpoint, model=f"azureml:{model.name}:{model.version}",
-                instance_type=sku, instance_count=1,
+            sku = self.inference_sku(model)
+            spec = ManagedOnlineDeployment(
+                name=deployment, endpoint_name=endpoint, model=f"azureml:{model.name}:{model.version}",
+                instance_type=sku, instance_count=1, tags=dict(tags),
                 liveness_probe=ProbeSettings(initial_delay=LIVENESS_INITIAL_DELAY_S),
                 request_settings=OnlineRequestSettings(request_timeout_ms=REQUEST_TIMEOUT_MS))
             with azure_errors(f"deploying {model.name}:{model.version} to {endpoint} on {sku} (TUNEFLOW_INFERENCE_SKU)"):
-                self.ws.online_deployments.begin_create_or_update(deployment).result()
-            state = self._deployment_state(endpoint)
+                self.ws.online_deployments.begin_create_or_update(spec).result()
+            state = self._deployment_state(endpoint, deployment)
         if state != "Succeeded":
-            raise MLError(f"deployment {DEPLOYMENT_NAME} of {endpoint} is {state}, not Succeeded: no traffic routed; "
-                          f"the next delivery deploys it again")
+            raise MLError(f"deployment {deployment} of {endpoint} is {state}, not Succeeded: it gets no traffic; "
+                          f"the next delivery deletes it and deploys again")
+        return self.get_endpoint(endpoint).deployment(deployment)
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
+        online = self._endpoint_entity(endpoint)
+        self._deployment_entity(endpoint, deployment)  # NotFound
+        if (online.traffic or {}).get(deployment) or (online.mirror_traffic or {}).get(deployment):
+            raise HasTraffic(f"deployment {deployment} of endpoint {endpoint} has live or mirror traffic: set it to 0 "
+                             f"before deleting it")
+        with azure_errors(f"deleting deployment {deployment} of {endpoint}"):
+            self.ws.online_deployments.begin_delete(name=deployment, endpoint_name=endpoint).result()
+
+    def set_traffic(self, endpoint: str, traffic: dict, mirror: dict, tags: dict | None = None) -> EndpointInfo:
+        """One endpoint update (a long-running operation, waited for) with the whole traffic map: deployments
+        not named get 0, a mirror no longer wanted is set to 0 (as the safe-rollout guide clears it)."""
+        online = self._endpoint_entity(endpoint)
+        online.traffic = {**{k: 0 for k in (online.traffic or {})}, **{k: int(v) for k, v in traffic.items()}}
+        online.mirror_traffic = {**{k: 0 for k in (online.mirror_traffic or {})}, **{k: int(v) for k, v in mirror.items()}}
+        if tags is not None:
+            online.tags = dict(tags)
+        with azure_errors(f"routing traffic of {endpoint} ({traffic}, mirror {mirror})"):
+            self.ws.online_endpoints.begin_create_or_update(online).result()
+        self._wait(f"endpoint {endpoint}", lambda: self._endpoint_entity(endpoint))
+        return self.get_endpoint(endpoint)
+
+    def deployment_errors(self, endpoint: str, deployment: str) -> int | None:
+        """Not read on Azure (its error counts are Azure Monitor metrics, minutes late): the rollout's checks
+        rely on the probes it sends straight to the deployment."""
+        return None
 
     def _wait(self, what: str, get):
         """Poll `get()` until its provisioning state is no longer transitional; NotReady past the deadline."""
@@ -446,14 +481,14 @@ class AzureWorkspace:
         except NotFound:
             return None
 
-    def _deployment_entity(self, endpoint: str):
-        with azure_errors(f"deployment {DEPLOYMENT_NAME} of {endpoint}"):
-            return self.ws.online_deployments.get(name=DEPLOYMENT_NAME, endpoint_name=endpoint)
+    def _deployment_entity(self, endpoint: str, deployment: str):
+        with azure_errors(f"deployment {deployment} of {endpoint}"):
+            return self.ws.online_deployments.get(name=deployment, endpoint_name=endpoint)
 
-    def _deployment_state(self, endpoint: str) -> str | None:
+    def _deployment_state(self, endpoint: str, deployment: str) -> str | None:
         """The deployment's provisioning state, None when there is none."""
         try:
-            return _text(self._deployment_entity(endpoint).provisioning_state)
+            return _text(self._deployment_entity(endpoint, deployment).provisioning_state)
         except NotFound:
             return None
 
@@ -481,17 +516,19 @@ class AzureWorkspace:
             created_at = context.created_at
         if hasattr(created_at, "isoformat"):
             created_at = created_at.isoformat()
-        traffic = endpoint.traffic or {}
+        traffic, mirror = endpoint.traffic or {}, endpoint.mirror_traffic or {}
         with azure_errors(f"deployments of endpoint {endpoint.name}"):
             deployments = tuple(
                 DeploymentInfo(name=d.name, instance_type=str(d.instance_type or ""), instance_count=int(d.instance_count or 0),
-                               provisioning_state=_text(d.provisioning_state), traffic=int(traffic.get(d.name) or 0))
+                               provisioning_state=_text(d.provisioning_state), traffic=int(traffic.get(d.name) or 0),
+                               mirror_traffic=int(mirror.get(d.name) or 0), created_at=_created_at(d),
+                               tags=dict(d.tags or {}), model=_model_ref(d.model))
                 for d in self.ws.online_deployments.list(endpoint_name=endpoint.name))
         return EndpointInfo(name=endpoint.name, tags=dict(endpoint.tags or {}),
                             provisioning_state=_text(endpoint.provisioning_state), created_at=str(created_at),
                             scoring_uri=endpoint.scoring_uri or "", deployments=deployments)
 
-    def invoke(self, endpoint: str, body: dict) -> object:
+    def invoke(self, endpoint: str, body: dict, deployment: str | None = None) -> object:
         """Score through azure-ai-ml, whose errors at the scoring URI are not ARM's: a 401 there is the
         endpoint refusing its key (not a sign-in failure), a 408 a model still loading (worth a retry;
         `ServiceRequestTimeoutError`, or an `MlException` when the front end's body is plain text), any
@@ -506,7 +543,7 @@ class AzureWorkspace:
             with azure_errors(what):
                 try:
                     answer = self.ws.online_endpoints.invoke(endpoint_name=endpoint, request_file=f.name,
-                                                             deployment_name=DEPLOYMENT_NAME)
+                                                             deployment_name=deployment)
                 except (ServiceRequestTimeoutError, ServiceResponseTimeoutError) as exc:
                     raise ServiceTimeout(f"{what}: no answer in time ({_first_line(exc)}); the model may still be "
                                          f"loading") from None
@@ -535,6 +572,25 @@ class AzureWorkspace:
         self._endpoint_entity(name)  # NotFound, as the local backend (without listing its deployments)
         with azure_errors(f"deleting endpoint {name}"):
             self.ws.online_endpoints.begin_delete(name=name).result()
+
+
+def _created_at(entity) -> str:
+    """A resource's creation time from its system data, ISO 8601 in UTC, "" when not given."""
+    context = getattr(entity, "creation_context", None)
+    created = getattr(context, "created_at", None) if context is not None else None
+    if hasattr(created, "isoformat"):
+        return (created if created.tzinfo else created.replace(tzinfo=timezone.utc)).isoformat()
+    return str(created or "")
+
+
+def _model_ref(model) -> str:
+    """`name:version` of a deployment's model (its ARM id, or `azureml:name:version`)."""
+    text = str(getattr(model, "id", None) or model or "")
+    parts = text.rstrip("/").split("/")
+    if "models" in parts and "versions" in parts:
+        i = parts.index("models")
+        return f"{parts[i + 1]}:{parts[-1]}"
+    return text.removeprefix("azureml:")
 
 
 def _at_arm(exc) -> bool:

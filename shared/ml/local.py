@@ -4,8 +4,9 @@
   model with LoRA, log to MLflow and, when done, post the Azure ML event to the host's Event Grid
   route, as Azure ML does through Event Grid.
 - The model registry is MLflow's, on SQLite in the state folder.
-- An endpoint is a scoring-server process (`python -m local.scoring`) on a free loopback port,
-  protected by a key.
+- An endpoint is a router process (`python -m local.router`) on a stable loopback port, protected by
+  a key, in front of its deployments, each a scoring-server process (`python -m local.scoring`): live
+  traffic by weight, mirror traffic, the `azureml-model-deployment` header, as a managed endpoint.
 
 State lives in plain files under the state folder (`jobs/<name>/`, `endpoints/<name>/`), written
 atomically; a directory created with `mkdir` is the claim on a name, so two deliveries of the same
@@ -27,12 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shared import failpoints, settings
-from shared.contracts import DEPLOYMENT_NAME
 from shared.ml import procs
 from shared.ml.procs import read_json, write_json_atomic  # noqa: F401  (the local modules' file helpers)
 from shared.ml import base_model_name
-from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, JobInfo, JobSpec, MLError,
-                            ModelRef, NotFound, Unavailable)
+from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, HasTraffic, JobInfo, JobSpec, MLError,
+                            ModelRef, NotFound, NotReady, Unavailable, check_traffic)
 from shared.ttl import format_utc, utcnow
 
 ENDPOINT_START_TIMEOUT_S = 180.0
@@ -188,16 +188,33 @@ class LocalWorkspace:
 
     def get_job(self, name: str) -> JobInfo:
         job_dir = self.jobs / name
-        tags = self.job_record(name)["spec"]["tags"]
+        record = self.job_record(name)
+        tags, known = record["spec"]["tags"], {"created_at": record.get("created_at", ""), "compute": "local-cpu"}
         result = read_json(job_dir / "result.json")
         if result is not None:
             return JobInfo(name=name, status=result["status"], tags=tags, output_uri=result.get("output_uri", ""),
-                           error=result.get("error", ""), metrics=result.get("metrics", {}))
+                           error=result.get("error", ""), metrics=result.get("metrics", {}), **known)
         if procs.spawned(job_dir) is None:
-            return JobInfo(name=name, status="NotStarted", tags=tags)  # waiting for a free slot
+            return JobInfo(name=name, status="NotStarted", tags=tags, **known)  # waiting for a free slot
         if procs.alive(job_dir) or self._attempt(job_dir) < self.max_attempts():
-            return JobInfo(name=name, status="Running", tags=tags)  # running, or lost and about to start again
-        return JobInfo(name=name, status="Failed", tags=tags, error=_lost(job_dir, self._attempt(job_dir)))
+            return JobInfo(name=name, status="Running", tags=tags, **known)  # running, or lost and about to restart
+        return JobInfo(name=name, status="Failed", tags=tags, error=_lost(job_dir, self._attempt(job_dir)), **known)
+
+    def list_jobs(self, tags: dict) -> list[JobInfo]:
+        jobs = (self.get_job(d.name) for d in self._job_dirs())
+        return [j for j in jobs if all(j.tags.get(k) == v for k, v in tags.items())]
+
+    def cancel_job(self, name: str) -> None:
+        """As Azure ML's cancel: the job ends Canceled (its event is published by the platform, as for any end);
+        one already ended stays as it ended. The result is written first, so the platform never restarts it."""
+        job_dir = self.jobs / name
+        self.job_record(name)  # NotFound
+        with self._lock("jobs"):
+            if (job_dir / "result.json").exists():
+                return
+            write_json_atomic(job_dir / "result.json", {"status": "Canceled", "finished_at": format_utc(utcnow()),
+                                                        "error": "canceled (by the reaper or by hand)"})
+        procs.stop(job_dir)
 
     def job_metrics(self, job: JobInfo) -> dict:
         """What the job reported in its result: the gate's figures (eval_loss, base_eval_loss) and the curves."""
@@ -256,79 +273,139 @@ class LocalWorkspace:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # -- endpoints ----------------------------------------------------------------------------
-    # endpoint.json holds the provisioning state (Creating, Succeeded, Failed, Deleting), as Azure's
-    # resource does: a scoring process that crashed leaves it Succeeded (requests fail until the
-    # workspace restarts the process on the same port), as a managed endpoint's container does.
-    # Everything that changes an endpoint holds its lock, so a deploy, a restart and a delete never
-    # interleave, and one whose process died half-way is finished by the next.
-    def deploy(self, endpoint: str, model: ModelRef, tags: dict) -> EndpointInfo:
-        ep_dir = self.endpoints / endpoint
-        with self._lock(f"endpoint-{endpoint}"):
+    # An endpoint is a folder: endpoint.json (provisioning state, tags, live `traffic` and `mirror` shares,
+    # the router's port), its key, and its router process (local/router.py: the one stable address); each
+    # deployment a folder under deployments/ with deployment.json (model, state, port) and its scoring
+    # process. States as Azure's resources have them (Creating, Succeeded, Failed, Deleting): a process that
+    # crashed leaves its resource Succeeded (requests fail until the platform restarts it on the same port),
+    # as a managed endpoint's container does. Everything that changes an endpoint or its deployments holds
+    # the endpoint's lock, so a deploy, a traffic change, a restart and a delete never interleave, and one
+    # whose process died half-way is finished by the next.
+    def _ep_dir(self, name: str) -> Path:
+        return self.endpoints / name
+
+    @staticmethod
+    def _dep_dir(ep_dir: Path, deployment: str) -> Path:
+        return ep_dir / "deployments" / deployment
+
+    def create_endpoint(self, name: str, tags: dict) -> EndpointInfo:
+        ep_dir = self._ep_dir(name)
+        with self._lock(f"endpoint-{name}"):
             record = read_json(ep_dir / "endpoint.json")
-            if record is not None and record["state"] == "Succeeded":
-                raise AlreadyExists(f"endpoint {endpoint} already exists")
+            if record is not None and record["state"] != "Creating":
+                raise AlreadyExists(f"endpoint {name} already exists")
             if record is None:  # new, or a claim whose record was never written (a crash half-way)
-                ep_dir.mkdir(exist_ok=True)
+                (ep_dir / "deployments").mkdir(parents=True, exist_ok=True)
                 key_file = ep_dir / "key"
                 if not key_file.exists():
                     key_file.touch(mode=0o600)
                     key_file.write_text(secrets.token_urlsafe(32))
+                write_json_atomic(ep_dir / "endpoint.json", {
+                    "name": name, "tags": dict(tags), "created_at": format_utc(utcnow()), "state": "Creating",
+                    "traffic": {}, "mirror": {}, "port": 0})
+            self._start_process(ep_dir, ep_dir / "endpoint.json", "local.router", raise_on_failure=True)
+        return self.get_endpoint(name)
+
+    def create_deployment(self, endpoint: str, deployment: str, model: ModelRef, tags: dict) -> DeploymentInfo:
+        ep_dir = self._ep_dir(endpoint)
+        dep_dir = self._dep_dir(ep_dir, deployment)
+        with self._lock(f"endpoint-{endpoint}"):
+            ep = read_json(ep_dir / "endpoint.json")
+            if ep is None:
+                raise NotFound(f"endpoint {endpoint} not found")
+            if ep["state"] != "Succeeded":
+                raise NotReady(f"endpoint {endpoint} is {ep['state']}: retry later")
+            record = read_json(dep_dir / "deployment.json")
+            if record is not None and record["state"] == "Failed":
+                raise MLError(f"deployment {deployment} of {endpoint} is Failed: delete it and create it again")
+            if record is None:
+                dep_dir.mkdir(parents=True, exist_ok=True)
                 mlflow_version = model.tags.get("mlflow.version") or \
                     self.get_model(model.name, model.version).tags["mlflow.version"]
-                write_json_atomic(ep_dir / "endpoint.json", {
-                    "name": endpoint, "tags": tags, "created_at": format_utc(utcnow()), "state": "Creating",
-                    "model": {"name": model.name, "version": model.version,
-                              "uri": f"models:/{model.name}/{mlflow_version}"},
-                    "tracking_uri": self.tracking_uri, "port": 0})
-            else:  # Creating (its deploy died) or Failed: start its server again
-                self._set_state(ep_dir, "Creating")
-            self._start_server(ep_dir, raise_on_failure=True)
-        return self.get_endpoint(endpoint)
+                record = {"name": deployment, "endpoint": endpoint, "tags": dict(tags),
+                          "created_at": format_utc(utcnow()), "state": "Creating",
+                          "model": {"name": model.name, "version": model.version,
+                                    "uri": f"models:/{model.name}/{mlflow_version}"},
+                          "tracking_uri": self.tracking_uri, "port": 0}
+                write_json_atomic(dep_dir / "deployment.json", record)
+            if record["state"] != "Succeeded" or not self._serving(dep_dir):
+                self._start_process(dep_dir, dep_dir / "deployment.json", "local.scoring", raise_on_failure=True)
+        return self.get_endpoint(endpoint).deployment(deployment)
 
-    def _start_server(self, ep_dir: Path, raise_on_failure: bool = False) -> bool:
-        """Start the endpoint's scoring process (on its recorded port, once it has one) and wait until it
-        serves; the endpoint's lock is held by the caller. One already starting (its starter died) is waited
-        for, not doubled. Failed to start: the state becomes Failed."""
-        record = read_json(ep_dir / "endpoint.json")
-        if not procs.alive(ep_dir):
-            procs.forget(ep_dir)
-            procs.spawn(ep_dir, "local.scoring", ep_dir / "log.txt")
+    @staticmethod
+    def _serving(folder: Path) -> bool:
+        return procs.alive(folder) and bool(procs.info(folder).get("ready"))
+
+    def _start_process(self, folder: Path, record_file: Path, module: str, raise_on_failure: bool = False) -> bool:
+        """Start the folder's process (a router or a scoring server, on its recorded port once it has one) and
+        wait until it serves; the endpoint's lock is held by the caller. One already starting (its starter
+        died) is waited for, not doubled. Failed to start: the state becomes Failed."""
+        if not procs.alive(folder):
+            procs.forget(folder)
+            procs.spawn(folder, module, folder / "log.txt")
         deadline = time.monotonic() + ENDPOINT_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            server = procs.info(ep_dir)
+            server = procs.info(folder)
             if server.get("ready"):
-                write_json_atomic(ep_dir / "endpoint.json", {**record, "state": "Succeeded", "port": server["port"]})
+                write_json_atomic(record_file, {**read_json(record_file), "state": "Succeeded", "port": server["port"]})
                 return True
-            if not procs.alive(ep_dir):
+            if not procs.alive(folder):
                 break
             time.sleep(0.1)
-        procs.stop(ep_dir)
-        self._set_state(ep_dir, "Failed")
-        tail = (ep_dir / "log.txt").read_text(errors="replace")[-600:] if (ep_dir / "log.txt").exists() else ""
-        message = f"endpoint {ep_dir.name}: scoring server did not start: {tail.strip().splitlines()[-1:]}"
+        procs.stop(folder)
+        self._set_state(record_file, "Failed")
+        tail = (folder / "log.txt").read_text(errors="replace")[-600:] if (folder / "log.txt").exists() else ""
+        message = f"{folder.name}: {module} did not start: {tail.strip().splitlines()[-1:]}"
         if raise_on_failure:
             raise MLError(message)
         return False
 
-    def _set_state(self, ep_dir: Path, state: str) -> None:
-        record = read_json(ep_dir / "endpoint.json")
+    @staticmethod
+    def _set_state(record_file: Path, state: str) -> None:
+        record = read_json(record_file)
         record["state"] = state
-        write_json_atomic(ep_dir / "endpoint.json", record)
+        write_json_atomic(record_file, record)
+
+    def _deployment_records(self, ep_dir: Path) -> list[dict]:
+        out = []
+        for dep_dir in sorted((ep_dir / "deployments").iterdir()) if (ep_dir / "deployments").is_dir() else ():
+            record = read_json(dep_dir / "deployment.json")
+            if record is not None:
+                out.append(record)
+        return out
 
     def get_endpoint(self, name: str) -> EndpointInfo:
-        ep_dir = self.endpoints / name
+        ep_dir = self._ep_dir(name)
         record = read_json(ep_dir / "endpoint.json")
         if record is None:
             raise NotFound(f"endpoint {name} not found")
-        state = record["state"]
-        deployment = DeploymentInfo(name=DEPLOYMENT_NAME, instance_type="local-cpu", instance_count=1,
-                                    provisioning_state=state, traffic=100 if state == "Succeeded" else 0)
+        traffic, mirror = record.get("traffic") or {}, record.get("mirror") or {}
+        deployments = tuple(
+            DeploymentInfo(name=d["name"], instance_type="local-cpu", instance_count=1, provisioning_state=d["state"],
+                           traffic=int(traffic.get(d["name"], 0)), mirror_traffic=int(mirror.get(d["name"], 0)),
+                           created_at=d["created_at"], tags=dict(d.get("tags") or {}),
+                           model=f"{d['model']['name']}:{d['model']['version']}")
+            for d in self._deployment_records(ep_dir))
         uri = f"http://127.0.0.1:{record['port']}/score" if record.get("port") else ""
-        return EndpointInfo(name=name, tags=record["tags"], provisioning_state=state,
-                            created_at=record["created_at"], scoring_uri=uri, deployments=(deployment,))
+        return EndpointInfo(name=name, tags=record["tags"], provisioning_state=record["state"],
+                            created_at=record["created_at"], scoring_uri=uri, deployments=deployments)
+
+    def set_traffic(self, endpoint: str, traffic: dict, mirror: dict, tags: dict | None = None) -> EndpointInfo:
+        ep_dir = self._ep_dir(endpoint)
+        with self._lock(f"endpoint-{endpoint}"):
+            record = read_json(ep_dir / "endpoint.json")
+            if record is None:
+                raise NotFound(f"endpoint {endpoint} not found")
+            states = {d["name"]: d["state"] for d in self._deployment_records(ep_dir)}
+            check_traffic(endpoint, states, dict(traffic), dict(mirror))
+            record.update(traffic={k: v for k, v in traffic.items() if v}, mirror={k: v for k, v in mirror.items() if v})
+            if tags is not None:
+                record["tags"] = dict(tags)
+            write_json_atomic(ep_dir / "endpoint.json", record)  # the router routes by it from the next request
+        return self.get_endpoint(endpoint)
 
     def set_endpoint_tags(self, name: str, tags: dict) -> EndpointInfo:
-        ep_dir = self.endpoints / name
+        ep_dir = self._ep_dir(name)
         with self._lock(f"endpoint-{name}"):
             record = read_json(ep_dir / "endpoint.json")
             if record is None:
@@ -346,74 +423,110 @@ class LocalWorkspace:
                 continue  # a claim whose record was never written (crash half-way): not an endpoint yet
         return out
 
-    def invoke(self, endpoint: str, body: dict):
+    def key(self, endpoint: str) -> str:
+        return (self._ep_dir(endpoint) / "key").read_text().strip()
+
+    def invoke(self, endpoint: str, body: dict, deployment: str | None = None):
         info = self.get_endpoint(endpoint)
         if not info.scoring_uri or info.provisioning_state != "Succeeded":
             raise MLError(f"endpoint {endpoint} is {info.provisioning_state}, not serving")
-        key = (self.endpoints / endpoint / "key").read_text().strip()
-        req = urllib.request.Request(info.scoring_uri, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.key(endpoint)}"}
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        req = urllib.request.Request(info.scoring_uri, data=json.dumps(body).encode(), method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            raise MLError(f"endpoint {endpoint} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # its process is gone or restarting: Azure answers 502
+            text = exc.read()[:300].decode(errors="replace")
+            if exc.code in (502, 503, 504):  # the deployment's process is (re)starting: worth retrying
+                raise Unavailable(f"endpoint {endpoint} answered {exc.code}: {text}") from None
+            raise MLError(f"endpoint {endpoint} answered {exc.code}: {text}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # its router is gone or restarting
             raise Unavailable(f"endpoint {endpoint} is not answering ({getattr(exc, 'reason', exc)}): "
-                              f"its scoring process is restarting") from None
+                              f"its router process is restarting") from None
+
+    def deployment_errors(self, endpoint: str, deployment: str) -> int | None:
+        """Live requests the deployment answered with a 5xx (or not at all), as its router counted them."""
+        return int((read_json(self._ep_dir(endpoint) / "errors.json") or {}).get(deployment, 0))
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
+        ep_dir = self._ep_dir(endpoint)
+        dep_dir = self._dep_dir(ep_dir, deployment)
+        with self._lock(f"endpoint-{endpoint}"):
+            record = read_json(ep_dir / "endpoint.json")
+            if record is None or not (dep_dir / "deployment.json").exists():
+                raise NotFound(f"deployment {deployment} of endpoint {endpoint} not found")
+            if (record.get("traffic") or {}).get(deployment) or (record.get("mirror") or {}).get(deployment):
+                raise HasTraffic(f"deployment {deployment} of endpoint {endpoint} has live or mirror traffic: set it "
+                                 f"to 0 before deleting it")
+            self._finish_delete(dep_dir, dep_dir / "deployment.json")
 
     def delete_endpoint(self, name: str) -> None:
-        ep_dir = self.endpoints / name
+        ep_dir = self._ep_dir(name)
         with self._lock(f"endpoint-{name}"):
             if not (ep_dir / "endpoint.json").exists():
                 raise NotFound(f"endpoint {name} not found")
-            self._finish_delete(ep_dir)
+            self._finish_delete(ep_dir, ep_dir / "endpoint.json")
 
-    def _finish_delete(self, ep_dir: Path) -> None:
-        """Deleting, its process stopped, its folder removed (the endpoint's lock is held by the caller)."""
+    def _finish_delete(self, folder: Path, record_file: Path) -> None:
+        """Deleting, its processes stopped, its folder removed (the endpoint's lock is held by the caller)."""
         import shutil
-        self._set_state(ep_dir, "Deleting")
+        self._set_state(record_file, "Deleting")
         failpoints.reached("workspace.endpoint-deleting")
-        procs.stop(ep_dir)
-        shutil.rmtree(ep_dir)
+        for dep_dir in sorted((folder / "deployments").iterdir()) if (folder / "deployments").is_dir() else ():
+            procs.stop(dep_dir)
+        procs.stop(folder)
+        shutil.rmtree(folder)
 
     # -- what the platform does on its own (local/platform.py calls these) ------------------------
     def repair_endpoints(self, wait: bool = True) -> list[tuple[str, str]]:
-        """What Azure does on its own for endpoints: a scoring process that should serve and does not
-        (Succeeded whose process died, Creating whose deploy died half-way) is started, a deletion whose
-        deleter died is finished. [(endpoint, "started" | "failed" | "deleted")]. With wait=False an
-        endpoint whose lock is held (a deploy, restart or delete in progress) is skipped."""
+        """What Azure does on its own for endpoints: a router or scoring process that should serve and does not
+        (Succeeded whose process died, Creating whose creator died half-way) is started, a deletion whose
+        deleter died is finished. [(endpoint or endpoint/deployment, "started" | "failed" | "deleted")]. With
+        wait=False an endpoint whose lock is held (a deploy, restart or delete in progress) is skipped."""
         out = []
         for ep_dir in sorted(self.endpoints.iterdir()):
-            if not self._needs_repair(read_json(ep_dir / "endpoint.json"), ep_dir):
+            folders = [(ep_dir, ep_dir / "endpoint.json", "local.router", ep_dir.name)] + [
+                (d, d / "deployment.json", "local.scoring", f"{ep_dir.name}/{d.name}")
+                for d in (sorted((ep_dir / "deployments").iterdir()) if (ep_dir / "deployments").is_dir() else ())]
+            if not any(self._needs_repair(read_json(f), folder) for folder, f, _m, _n in folders):
                 continue
             with self._lock(f"endpoint-{ep_dir.name}", wait=wait) as held:
-                record = read_json(ep_dir / "endpoint.json")  # again, under the lock
-                if not held or not self._needs_repair(record, ep_dir):
+                if not held:
                     continue
-                if record["state"] == "Deleting":
-                    self._finish_delete(ep_dir)
-                    out.append((ep_dir.name, "deleted"))
-                else:
-                    out.append((ep_dir.name, "started" if self._start_server(ep_dir) else "failed"))
+                for folder, record_file, module, label in folders:
+                    record = read_json(record_file)  # again, under the lock
+                    if not folder.exists() or not self._needs_repair(record, folder):
+                        continue
+                    if record["state"] == "Deleting":
+                        self._finish_delete(folder, record_file)
+                        out.append((label, "deleted"))
+                        if folder == ep_dir:
+                            break
+                    else:
+                        out.append((label, "started" if self._start_process(folder, record_file, module) else "failed"))
         return out
 
     @staticmethod
-    def _needs_repair(record: dict | None, ep_dir: Path) -> bool:
+    def _needs_repair(record: dict | None, folder: Path) -> bool:
         if not record:
             return False
         return record["state"] == "Deleting" or (record["state"] in ("Succeeded", "Creating") and
-                                                 not (procs.alive(ep_dir) and procs.info(ep_dir).get("ready")))
+                                                 not (procs.alive(folder) and procs.info(folder).get("ready")))
 
     def resume(self) -> None:
         """At the stack's start: what should serve, serves; what was being deleted, is gone."""
         self.repair_endpoints()
 
     def stop_all(self) -> None:
-        """Stop every scoring server and running job this workspace has (the stack is shutting down)."""
-        for sub in (self.endpoints, self.jobs):
-            for d in sub.iterdir():
-                procs.stop(d)
+        """Stop every router, scoring server and running job this workspace has (the stack is shutting down)."""
+        for ep_dir in self.endpoints.iterdir():
+            for dep_dir in (ep_dir / "deployments").iterdir() if (ep_dir / "deployments").is_dir() else ():
+                procs.stop(dep_dir)
+            procs.stop(ep_dir)
+        for d in self.jobs.iterdir():
+            procs.stop(d)
 
 
 def build_tracking_store(root: Path) -> None:
