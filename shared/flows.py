@@ -95,7 +95,7 @@ def record_waiting(container_client, dataset: str, waiting_for: str, files: list
 
 def read_all(container_client) -> list[dict]:
     """Every flow record (the waiting markers are read by `read_waiting`)."""
-    return [r for name, r in _read(container_client) if not name.startswith("_")]
+    return [r for _, r in _read(container_client, private=False)]
 
 
 def read_waiting(container_client, records: list[dict]) -> list[dict]:
@@ -111,10 +111,12 @@ def read_waiting(container_client, records: list[dict]) -> list[dict]:
                   key=lambda m: m["at"])
 
 
-def _read(container_client, prefix: str | None = None):
+def _read(container_client, prefix: str | None = None, private: bool = True):
+    """(name, record) of each blob under `prefix`; `private=False` skips `_`-names (markers, locks)."""
     import json
     for blob in container_client.list_blobs(name_starts_with=prefix):
-        yield blob.name, json.loads(container_client.download_blob(blob.name).readall())
+        if private or not blob.name.startswith("_"):
+            yield blob.name, json.loads(container_client.download_blob(blob.name).readall())
 
 
 @dataclass

@@ -26,7 +26,8 @@ Behaviour a test can rely on (and set):
   `models.get(name, label="latest")` of an all-archived model raises the SDK's ValidationException.
 - Scoring like a managed endpoint: key auth (401), `azureml-model-deployment` or traffic routing,
   only Succeeded deployments answer, `slow_answers = N` (408), `container_errors = N` (424, plain
-  text), and only the seed's request body `{"input_data": {"input_string": [conversation], ...}}`.
+  text), `fail_scoring_after = (deployment, n)` (that deployment answers n requests, then 424),
+  `score_headers` (what each scoring request carried, key left out), and only the seed's request body `{"input_data": {"input_string": [conversation], ...}}`.
 - Model versions must be integers 1..2147483647.
 - Polling never sleeps: `transport()` records azure-core's sleeps in `slept` and returns at once.
 - The workspace's MLflow tracking (`https://<location>.api.azureml.ms/mlflow/v1.0<workspace scope>/api/2.0/
@@ -237,6 +238,7 @@ class FakeAzureML:
     grants: list | None = None  # ARM scope prefixes the caller holds a role on; default [self.scope]
     slow_answers: int = 0  # the next N scoring requests answer 408 (the model took too long)
     container_errors: int = 0  # the next N scoring requests answer 424 with a plain-text body
+    fail_scoring_after: tuple | None = None  # (deployment, n): it answers n requests, then 424 to each one after
     # -- what happened -------------------------------------------------------------------------
     slept: list = field(default_factory=list)  # seconds azure-core asked the transport to sleep
     operations: dict = field(default_factory=dict)  # operation id -> Operation
@@ -247,6 +249,7 @@ class FakeAzureML:
     mlflow_bare_non_finite: bool = False  # NaN/Infinity as bare JSON tokens instead of MLflow's strings
     mlflow_unavailable: int = 0  # the next N get-history reads answer 503
     mlflow_requests: list = field(default_factory=list)  # (host, path, query, token audience) of each read
+    score_headers: list = field(default_factory=list)  # the request headers of each scoring request
 
     def __post_init__(self):
         self.region = self.region if self.region is not None else FakeRegion()
@@ -814,6 +817,7 @@ class FakeAzureML:
     def _score(self, host, headers, data, **_):
         """A managed online endpoint's scoring URI, in the order its frontdoor and container check."""
         name = host.split(".")[0]
+        self.score_headers.append({k.lower(): v for k, v in headers.items() if k.lower() != "authorization"})
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             return 404, f"No endpoint {name} in this region" + HELP_LINE
@@ -842,6 +846,10 @@ class FakeAzureML:
         if self.container_errors:
             self.container_errors -= 1
             return 424, CONTAINER_ERROR, failed
+        if self.fail_scoring_after and self.fail_scoring_after[0] == deployment:
+            if self.fail_scoring_after[1] <= 0:
+                return 424, CONTAINER_ERROR, failed
+            self.fail_scoring_after = (deployment, self.fail_scoring_after[1] - 1)
         if not _seed_shape(data):
             # The container reads input_data.input_string as a list of conversations and renders each
             # one through the chat template; a flat list of turns (dicts, not lists) makes run() raise,
