@@ -349,8 +349,11 @@ def cmd_endpoints_list(args) -> int:
     from shared.ml import get_backend
     endpoints = get_backend().list_endpoints()
     inventory = [{"name": e.name, "tags": e.tags, "provisioning_state": e.provisioning_state, "created_at": e.created_at,
+                  "scoring_uri": e.scoring_uri,
                   "deployments": [{"name": d.name, "instance_type": d.instance_type, "instance_count": d.instance_count,
-                                   "provisioning_state": d.provisioning_state} for d in e.deployments]}
+                                   "provisioning_state": d.provisioning_state, "traffic": d.traffic,
+                                   "mirror_traffic": d.mirror_traffic, "created_at": d.created_at, "model": d.model,
+                                   "tags": d.tags} for d in e.deployments]}
                  for e in endpoints]
     if args.json:
         print(json.dumps(inventory, indent=2))
@@ -358,13 +361,37 @@ def cmd_endpoints_list(args) -> int:
     from shared.reaper import tag
     from shared.contracts import TAG_EXPIRES_AT
     table = Table(title="endpoints")
-    for col in ("name", "state", "deployments", "expires-at", "time left"):
+    for col in ("name", "state", "deployments (traffic)", "expires-at", "time left"):
         table.add_column(col)
     for e in endpoints:
         expiry = tag(e.tags, TAG_EXPIRES_AT) or ""
-        table.add_row(e.name, e.provisioning_state, ", ".join(f"{d.name} ({d.instance_type} x{d.instance_count})"
-                                                               for d in e.deployments), expiry, time_left(expiry))
+        table.add_row(e.name, e.provisioning_state, "\n".join(_deployment_line(d) for d in e.deployments),
+                      expiry, time_left(expiry))
     console.print(table)
+    return 0
+
+
+def _deployment_line(d) -> str:
+    share = f"{d.traffic} %" + (f", mirror {d.mirror_traffic} %" if d.mirror_traffic else "")
+    state = "" if d.provisioning_state == "Succeeded" else f" {d.provisioning_state}"
+    return f"{d.name} {share} {d.model or ''} ({d.instance_type} x{d.instance_count}){state}".replace("  ", " ")
+
+
+def cmd_rollback(args) -> int:
+    """Traffic back to the dataset's previous deployment (kept at 0 % for TUNEFLOW_ROLLBACK_WINDOW)."""
+    from shared import storage
+    from shared.contracts import FLOWS_CONTAINER
+    from shared.deployment import rollback
+    from shared.ml import get_backend
+    from shared.rollout import NoRollback
+    try:
+        done = rollback(get_backend(), storage.container(FLOWS_CONTAINER), args.dataset)
+    except NoRollback as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        console.print(f"{done['endpoint']}: traffic moved from {done['from']} to {done['to']} (100 %)")
     return 0
 
 
@@ -512,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep_extend.add_argument("--ttl", required=True, help="30m, 8h, 7d, 2w or ISO 8601 (PT8H)")
     ep_extend.set_defaults(fn=cmd_endpoints_extend)
     reap.set_defaults(fn=cmd_reap)
+    back = sub.add_parser("rollback", help="give a dataset's endpoint traffic back to its previous deployment")
+    back.add_argument("dataset")
+    back.add_argument("--json", action="store_true")
+    back.set_defaults(fn=cmd_rollback)
     prep = sub.add_parser("prepare", help="prepare local files exactly as data_arrival does; print the manifest")
     prep.add_argument("inputs", nargs="+", metavar="INPUT")
     prep.add_argument("--out", required=True, help="folder for train.jsonl, test.jsonl, rejected.jsonl, manifest.json")

@@ -12,6 +12,7 @@ from shared.compute import ComputeUnusable
 from shared.ml.base import AlreadyExists, ModelRef, NotConfigured, NotFound
 from shared.modelspec import BaseModelUnusable
 from tests.test_ml_contract import AzureDriver
+from tests.serving import serve
 
 REGISTRY_COMPONENT = "azureml://registries/azureml/components/chat_completion_pipeline/versions/{}"
 
@@ -106,11 +107,12 @@ def test_the_model_is_registered_from_the_jobs_output_as_mlflow():
     assert body["modelType"] == "mlflow_model" and body["tags"]["source-job"] == "ft-azure-0000aaaa"
 
 
-def test_deploy_creates_a_key_endpoint_with_its_tags_first_then_the_seeds_deployment_then_traffic():
+def test_serving_creates_a_key_endpoint_with_its_tags_first_then_the_deployment_then_traffic():
     d = driver()
-    d.backend.deploy("tf-azure-00000001", ModelRef("Phi-4-contract", "123"), {"expires-at": "2026-11-26T03:00:00Z"})
+    serve(d.backend, "tf-azure-00000001", ModelRef("Phi-4-contract", "123"), {"expires-at": "2026-11-26T03:00:00Z"},
+          deployment="v-123")
     puts = [(p.rsplit("/", 2)[-2:], body) for m, p, body in d.fake.calls if m == "PUT"]
-    assert [p for p, _ in puts] == [["onlineEndpoints", "tf-azure-00000001"], ["deployments", "demo"],
+    assert [p for p, _ in puts] == [["onlineEndpoints", "tf-azure-00000001"], ["deployments", "v-123"],
                                     ["onlineEndpoints", "tf-azure-00000001"]]
     first, deployment, last = (body for _, body in puts)
     assert first["properties"]["authMode"] == "Key" and first["tags"]["expires-at"] == "2026-11-26T03:00:00Z"
@@ -119,31 +121,34 @@ def test_deploy_creates_a_key_endpoint_with_its_tags_first_then_the_seeds_deploy
     assert deployment["properties"]["requestSettings"]["requestTimeout"] == "PT1M30S"  # 90,000 ms
     assert deployment["properties"]["model"].endswith("/models/Phi-4-contract/versions/123")
     assert deployment["sku"]["capacity"] == 1
-    assert last["properties"]["traffic"] == {"demo": 100}
+    assert last["properties"]["traffic"] == {"v-123": 100}
 
 
-def test_a_deploy_cut_off_half_way_resumes_and_keeps_the_first_expiry():
+def test_a_deployment_refused_half_way_leaves_the_endpoint_with_its_first_expiry_and_is_created_next_time():
     from shared.ml.base import MLError
     d = driver()
+    d.backend.create_endpoint("tf-azure-00000003", {"expires-at": "2026-11-26T03:00:00Z"})
     d.fake.failing_deployments = 1
     with pytest.raises(MLError, match="TUNEFLOW_INFERENCE_SKU"):
-        d.backend.deploy("tf-azure-00000003", ModelRef("m", "1"), {"expires-at": "2026-11-26T03:00:00Z"})
+        d.backend.create_deployment("tf-azure-00000003", "v-1", ModelRef("m", "1"), {})
     half = d.backend.get_endpoint("tf-azure-00000003")
     assert half.deployments == () and half.tags["expires-at"] == "2026-11-26T03:00:00Z"  # the reaper can see it
-    done = d.backend.deploy("tf-azure-00000003", ModelRef("m", "1"), {"expires-at": "2026-11-26T09:00:00Z"})
-    assert [x.name for x in done.deployments] == ["demo"] and done.tags["expires-at"] == "2026-11-26T03:00:00Z"
-    with pytest.raises(AlreadyExists):
-        d.backend.deploy("tf-azure-00000003", ModelRef("m", "1"), {})
+    with pytest.raises(AlreadyExists):  # a redelivery keeps the endpoint, and so its expiry
+        d.backend.create_endpoint("tf-azure-00000003", {"expires-at": "2026-11-26T09:00:00Z"})
+    done = d.backend.create_deployment("tf-azure-00000003", "v-1", ModelRef("m", "1"), {})
+    assert done.provisioning_state == "Succeeded" and done.traffic == 0  # created at 0 %: it moves no traffic
+    assert d.backend.get_endpoint("tf-azure-00000003").tags["expires-at"] == "2026-11-26T03:00:00Z"
 
 
 def test_an_inference_size_outside_the_allow_list_is_refused_unless_overridden():
     d = driver(inference_sku="Standard_NC6s_v3")
+    d.backend.create_endpoint("tf-azure-00000002", {})
     with pytest.raises(ComputeUnusable, match="TUNEFLOW_INFERENCE_SKU"):
-        d.backend.deploy("tf-azure-00000002", ModelRef("m", "1"), {})
-    assert d.fake.endpoints == {}  # nothing half-created
+        d.backend.create_deployment("tf-azure-00000002", "v-1", ModelRef("m", "1"), {})
+    assert d.fake.deployments == {}  # nothing half-created
     d = driver(inference_sku="Standard_NC6s_v3", inference_override=True)
-    d.backend.deploy("tf-azure-00000002", ModelRef("m", "1"), {})
-    assert d.fake.deployments[("tf-azure-00000002", "demo")]["properties"]["instanceType"] == "Standard_NC6s_v3"
+    serve(d.backend, "tf-azure-00000002", ModelRef("m", "1"), {})
+    assert d.fake.deployments[("tf-azure-00000002", "v-1")]["properties"]["instanceType"] == "Standard_NC6s_v3"
 
 
 def test_sign_in_failures_say_what_to_do():

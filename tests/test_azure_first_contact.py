@@ -20,6 +20,7 @@ from shared.contracts import TAG_BASE_MODEL
 from shared.ml.base import MLError, ModelRef, NameTaken, NotConfigured, NotReady, ServiceTimeout
 from shared.reaper import ReaperPolicy, plan
 from shared.scoring import request_body
+from tests.serving import serve
 from tests.test_ml_contract import AzureDriver
 
 NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
@@ -35,7 +36,7 @@ def driver(polls: int = 3, **config) -> AzureDriver:
 
 
 def deployed(d: AzureDriver, endpoint: str = "tf-azure-00000001", model: ModelRef = ModelRef("m", "1")):
-    return d.backend.deploy(endpoint, model, {"managed-by": "tuneflow", "expires-at": "2026-11-26T03:00:00Z"})
+    return serve(d.backend, endpoint, model, {"managed-by": "tuneflow", "expires-at": "2026-11-26T03:00:00Z"})
 
 
 # 1. No subscription-scope call at run time ---------------------------------------------------------
@@ -88,7 +89,7 @@ def _leave_deployment_creating(d: AzureDriver, endpoint: str) -> None:
     ws.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(
         name=endpoint, auth_mode="key", tags={"managed-by": "tuneflow", "expires-at": "2026-11-26T03:00:00Z"})).result()
     ws.online_deployments.begin_create_or_update(ManagedOnlineDeployment(  # never polled
-        name="demo", endpoint_name=endpoint, model="azureml:m:1", instance_type="Standard_NC24ads_A100_v4",
+        name="v-1", endpoint_name=endpoint, model="azureml:m:1", instance_type="Standard_NC24ads_A100_v4",
         instance_count=1))
 
 
@@ -96,23 +97,28 @@ def test_a_deployment_still_creating_is_listed_and_keeps_its_endpoint_past_the_g
     d = driver()
     _leave_deployment_creating(d, "tf-azure-00000002")
     [endpoint] = d.backend.list_endpoints()
-    assert [(x.name, x.provisioning_state, x.traffic) for x in endpoint.deployments] == [("demo", "Creating", 0)]
+    assert [(x.name, x.provisioning_state, x.traffic) for x in endpoint.deployments] == [("v-1", "Creating", 0)]
     decisions, _ = plan([endpoint], NOW + timedelta(days=2), ReaperPolicy(grace=timedelta(minutes=30)))
     assert (decisions[0].action, decisions[0].rule) == ("keep", "in-transition")
 
 
 # 3. Redelivery repairs: traffic only to a Succeeded deployment ---------------------------------------
 
-def test_a_failed_deployment_is_deleted_and_created_again_on_redelivery():
+def test_a_failed_deployment_stays_failed_gets_no_traffic_and_is_created_again_once_deleted():
     d = driver()
     d.fake.fail_deployments = 1
-    with pytest.raises(MLError):
+    with pytest.raises(MLError, match="Liveness probe failed"):
         deployed(d)
-    assert d.fake.deployments[("tf-azure-00000001", "demo")]["properties"]["provisioningState"] == "Failed"
-    assert not (d.fake.endpoints["tf-azure-00000001"]["properties"].get("traffic") or {}).get("demo")  # no traffic
+    assert d.fake.deployments[("tf-azure-00000001", "v-1")]["properties"]["provisioningState"] == "Failed"
+    assert not (d.fake.endpoints["tf-azure-00000001"]["properties"].get("traffic") or {}).get("v-1")  # no traffic
+    with pytest.raises(MLError, match="not Succeeded"):  # never silently reused: the deploy stage deletes it
+        d.backend.create_deployment("tf-azure-00000001", "v-1", ModelRef("m", "1"), {})
+    with pytest.raises(MLError):  # ARM refuses traffic to a deployment that is not Succeeded
+        d.backend.set_traffic("tf-azure-00000001", {"v-1": 100}, {})
+    d.backend.delete_deployment("tf-azure-00000001", "v-1")
     done = deployed(d)
-    assert [(x.name, x.provisioning_state, x.traffic) for x in done.deployments] == [("demo", "Succeeded", 100)]
-    assert [m for m, p, _b in d.fake.calls if p.endswith("/deployments/demo") and m != "GET"] == ["PUT", "DELETE", "PUT"]
+    assert [(x.name, x.provisioning_state, x.traffic) for x in done.deployments] == [("v-1", "Succeeded", 100)]
+    assert [m for m, p, _b in d.fake.calls if p.endswith("/deployments/v-1") and m != "GET"] == ["PUT", "DELETE", "PUT"]
 
 
 def test_a_deployment_left_creating_is_waited_for_then_given_the_traffic():
@@ -192,7 +198,7 @@ def test_two_workspaces_in_one_region_deploy_the_same_model_version_side_by_side
     from tests.azure_fake import FakeRegion
     region = FakeRegion()
     dev, prod = AzureDriver(region=region), AzureDriver(region=region, workspace="ws-tuneflow-prod")
-    names = [naming.endpoint_name("Phi-4-ultrachat", "7", d.backend.workspace_id) for d in (dev, prod)]
+    names = [naming.endpoint_name("ultrachat", d.backend.workspace_id) for d in (dev, prod)]
     assert names[0] != names[1]
     for d, name in zip((dev, prod), names):
         d.backend._sleep = lambda s: None
@@ -275,7 +281,7 @@ def test_the_whole_flow_through_the_azure_backend_with_operations_that_take_seve
     request, deploy, endpoint, stages = _run_flow(d, "azure-e2e")
     assert {"prepared", "submitted", "registered", "deployed", "smoke-tested"} <= stages
     assert 1 <= int(deploy.model_version) <= 2**31 - 1
-    assert endpoint.name == naming.endpoint_name(deploy.model_name, deploy.model_version, d.backend.workspace_id)
+    assert endpoint.name == naming.endpoint_name(deploy.dataset, d.backend.workspace_id)
     assert [(x.provisioning_state, x.traffic) for x in endpoint.deployments] == [("Succeeded", 100)]
     assert d.fake.slept, "long-running operations answered at once: the fake is not polling like ARM"
     score = [b for m, p, b in d.fake.calls if m == "POST" and p == "/score"]

@@ -16,6 +16,7 @@ import pytest
 
 from shared.ml import metrics
 from shared.ml.base import JobInfo, MLError, NotConfigured
+from tests.serving import serve
 from tests.test_ml_contract import TAGS, AzureDriver
 
 NAN, INF = math.nan, math.inf
@@ -352,9 +353,11 @@ def test_a_model_worse_than_the_one_serving_the_same_dataset_version_is_kept_awa
     request = handle_decision(_completion(d, "ft-gate-0000cccc"), d.backend, flow_log)
     assert isinstance(request, DeployRequest)
     model = d.backend.get_model(request.model_name, request.model_version)
-    d.backend.deploy("tf-gate-serve-0001", model, {  # the tags deploy gives an endpoint
+    served = f"{request.model_name}:{request.model_version}"
+    serve(d.backend, "tf-gate-serve-0001", model, {  # the tags the deploy stage gives an endpoint and a deployment
         "managed-by": MANAGED_BY_VALUE, "flow-id": request.flow_id, "dataset": request.dataset,
-        "model": f"{request.model_name}:{request.model_version}", "expires-at": "2026-11-26T02:00:00Z"})
+        "expires-at": "2026-11-26T02:00:00Z"}, deployment=f"v-{request.model_version}",
+        deployment_tags={"flow-id": request.flow_id, "model": served})
     [endpoint] = d.backend.list_endpoints()
     assert endpoint.tags["managed-by"] == MANAGED_BY_VALUE and endpoint.provisioning_state == "Succeeded"
 
@@ -364,5 +367,5 @@ def test_a_model_worse_than_the_one_serving_the_same_dataset_version_is_kept_awa
     assert handle_decision(_completion(d, "ft-gate-0000dddd"), d.backend, flow_log) is None
     [verdict] = [r for r in flows.read_all(flow_log) if r["flow_id"] == second["flow-id"] and r["stage"] == "gate-failed"]
     assert verdict["detail"]["rule"] == "worse-than-serving"
-    assert verdict["detail"]["serving_model"] == endpoint.tags["model"] and verdict["detail"]["serving_eval_loss"] == 1.1
+    assert verdict["detail"]["serving_model"] == served and verdict["detail"]["serving_eval_loss"] == 1.1
     assert first["flow-id"] != second["flow-id"]

@@ -350,15 +350,21 @@ def test_endpoints_list_and_extend_on_the_local_backend(workspace, tmp_path):
     workspace.submit(spec)
     driver.finish(spec.name)
     model = workspace.register_model("cli-model", "7", spec.name, {})
-    workspace.deploy("tf-cli-0000aaaa", ModelRef(model.name, model.version, model.tags),
-                     {"managed-by": "tuneflow", "flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403",
-                      "expires-at": "2026-01-01T00:00:00Z"})
+    from tests.serving import serve
+    serve(workspace, "tf-cli-0000aaaa", ModelRef(model.name, model.version, model.tags),
+          {"managed-by": "tuneflow", "flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403",
+           "expires-at": "2026-01-01T00:00:00Z"}, deployment="v-7", deployment_tags={"model": "cli-model:7"})
     res = tuneflow("endpoints", "list", "--json")
     assert res.returncode == 0, res.stderr
     [item] = json.loads(res.stdout)
-    assert item["name"] == "tf-cli-0000aaaa" and item["deployments"][0]["name"] == "demo"
-    assert set(item) == {"name", "tags", "provisioning_state", "created_at", "deployments"}
-    assert set(item["deployments"][0]) == {"name", "instance_type", "instance_count", "provisioning_state"}
+    assert item["name"] == "tf-cli-0000aaaa" and item["deployments"][0]["name"] == "v-7"
+    assert set(item) == {"name", "tags", "provisioning_state", "created_at", "scoring_uri", "deployments"}
+    assert set(item["deployments"][0]) == {"name", "instance_type", "instance_count", "provisioning_state", "traffic",
+                                           "mirror_traffic", "created_at", "model", "tags"}
+    assert (item["deployments"][0]["traffic"], item["deployments"][0]["mirror_traffic"]) == (100, 0)
+    assert item["deployments"][0]["created_at"] and item["deployments"][0]["model"] == "cli-model:7"
+    table = tuneflow("endpoints", "list")
+    assert table.returncode == 0 and "v-7 100 %" in table.stdout
     inv = tmp_path / "inventory.json"
     inv.write_text(res.stdout)
     plan = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--json")
@@ -374,6 +380,24 @@ def test_endpoints_list_and_extend_on_the_local_backend(workspace, tmp_path):
         assert bad.returncode == 1 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     from shared import storage
     assert [b.name for b in storage.container("flows").list_blobs() if "-extended-" in b.name]
+
+
+    # rollback: the dataset's endpoint gives the traffic back to the deployment kept at 0 %
+    from shared import naming
+    name = naming.endpoint_name("cli-back", workspace.workspace_id)
+    serve(workspace, name, ModelRef(model.name, model.version, model.tags), {"managed-by": "tuneflow"}, deployment="v-7",
+          deployment_tags={"flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403"})
+    serve(workspace, name, ModelRef(model.name, model.version, model.tags), {}, deployment="v-8",
+          deployment_tags={"flow-id": "2e6f5ba0-8598-5118-9f6d-5a45f4408404"})
+    res = tuneflow("rollback", "cli-back", "--json")
+    assert res.returncode == 0, res.stderr
+    assert (json.loads(res.stdout)["from"], json.loads(res.stdout)["to"]) == ("v-8", "v-7")
+    assert workspace.get_endpoint(name).traffic == {"v-7": 100}
+    again = tuneflow("rollback", "cli-back")  # v-8 came after v-7: there is nothing older to go back to
+    assert again.returncode == 1 and "no previous deployment" in again.stderr.splitlines()[0]
+    missing = tuneflow("rollback", "no-such-dataset")
+    assert missing.returncode == 1 and "has no endpoint" in missing.stderr.splitlines()[0]
+    assert [b.name for b in storage.container("flows").list_blobs() if "-rolled-back" in b.name]
 
 
 @pytest.mark.integration

@@ -39,8 +39,11 @@ def test_a_job_that_fails_reports_failed_with_the_reason_and_a_second_submit_is_
 def test_a_claim_whose_record_was_never_written_is_no_endpoint_and_the_next_deploy_finishes_it(workspace):
     (workspace.endpoints / "tf-taken").mkdir()  # a deploy that died right after claiming the name
     assert workspace.list_endpoints() == []  # a claim without a record is not an endpoint
-    with pytest.raises(NotFound):  # the next deploy carries on with it (here: and finds no such model)
-        workspace.deploy("tf-taken", ModelRef("m", "1"), {})
+    endpoint = workspace.create_endpoint("tf-taken", {"managed-by": "tuneflow"})  # the next deploy carries on with it
+    assert endpoint.provisioning_state == "Succeeded" and endpoint.scoring_uri
+    with pytest.raises(NotFound):  # a deployment of a model that does not exist
+        workspace.create_deployment("tf-taken", "v-1", ModelRef("m", "1"), {})
+    assert workspace.get_endpoint("tf-taken").deployments == ()
 
 
 def test_an_unknown_backend_is_named(monkeypatch):

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 
 from local import sampledata
-from shared.ml.base import AlreadyExists, JobSpec, MLError, NotFound
+from shared.ml.base import AlreadyExists, HasTraffic, JobSpec, MLError, NotFound
 from shared.scoring import reply_text, request_body
 from tests.conftest import REFERENCE, wait_for
 
@@ -105,15 +105,29 @@ def test_submit_register_deploy_invoke_list_delete(driver):
         ml.register_model("contract-model", "4242", spec.name, TAGS)
     assert ml.get_model("contract-model", "4242").tags["source-job"] == spec.name
 
-    endpoint = ml.deploy("tf-contract-2a2b2c2d", model, ENDPOINT_TAGS)
-    assert endpoint.provisioning_state == "Succeeded" and endpoint.tags["expires-at"] == ENDPOINT_TAGS["expires-at"]
-    assert endpoint.scoring_uri and [d.name for d in endpoint.deployments] == ["demo"]
+    created = ml.create_endpoint("tf-contract-2a2b2c2d", ENDPOINT_TAGS)
+    assert created.provisioning_state == "Succeeded" and created.deployments == () and created.scoring_uri
     with pytest.raises(AlreadyExists):
-        ml.deploy("tf-contract-2a2b2c2d", model, ENDPOINT_TAGS)
+        ml.create_endpoint("tf-contract-2a2b2c2d", ENDPOINT_TAGS)
+    deployment = ml.create_deployment("tf-contract-2a2b2c2d", "v-4242", model, {"flow-id": TAGS["flow-id"]})
+    assert (deployment.provisioning_state, deployment.traffic) == ("Succeeded", 0)  # created at 0 %
+    assert deployment.tags["flow-id"] == TAGS["flow-id"] and deployment.model == "contract-model:4242"
+    assert ml.create_deployment("tf-contract-2a2b2c2d", "v-4242", model, {}).name == "v-4242"  # a repeat is harmless
+    with pytest.raises(MLError):  # live traffic must sum to 100
+        ml.set_traffic("tf-contract-2a2b2c2d", {"v-4242": 50}, {})
+    endpoint = ml.set_traffic("tf-contract-2a2b2c2d", {"v-4242": 100}, {},
+                              {**ENDPOINT_TAGS, "traffic-changed-at": "2026-11-26T00:00:00Z"})
+    assert endpoint.provisioning_state == "Succeeded" and endpoint.tags["expires-at"] == ENDPOINT_TAGS["expires-at"]
+    assert endpoint.traffic == {"v-4242": 100} and endpoint.tags["traffic-changed-at"] == "2026-11-26T00:00:00Z"
+    assert endpoint.scoring_uri == created.scoring_uri
+    with pytest.raises(HasTraffic):
+        ml.delete_deployment("tf-contract-2a2b2c2d", "v-4242")
 
     answer = ml.invoke("tf-contract-2a2b2c2d", request_body([{"role": "user", "content": "Explain photosynthesis."}]))
     # the seed's response shape; a 0.6 M-parameter local model may well answer with empty text
     assert isinstance(answer, dict) and isinstance(answer.get("output"), str) and isinstance(reply_text(answer), str)
+    assert isinstance(ml.invoke("tf-contract-2a2b2c2d", request_body([{"role": "user", "content": "Hi"}]),
+                                deployment="v-4242"), dict)  # straight to one deployment
     assert [e.name for e in ml.list_endpoints()] == ["tf-contract-2a2b2c2d"]
 
     ml.delete_endpoint("tf-contract-2a2b2c2d")

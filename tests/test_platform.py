@@ -18,6 +18,7 @@ import pytest
 from local import sampledata
 from local.platform import Platform
 from shared.ml.base import JobSpec, Unavailable
+from tests.serving import serve
 from shared.ml import procs
 from shared.ml.procs import read_json
 from shared.scoring import request_body
@@ -149,11 +150,13 @@ def test_a_killed_scoring_process_is_started_again_on_the_same_port(workspace, p
     job = workspace.submit(JobSpec(**{**_spec("ft-plat-serve").__dict__, "params": {"max_steps": 2}}))
     wait_for(lambda: workspace.get_job(job.name).status == "Completed", 240, "the job")
     model = workspace.register_model("plat-model", "1", job.name, {})
-    endpoint = workspace.deploy("tf-plat-serve", model, {"managed-by": "tuneflow"})
+    endpoint = serve(workspace, "tf-plat-serve", model, {"managed-by": "tuneflow"})
     body = request_body([{"role": "user", "content": "hi"}], {"max_new_tokens": 4})
     assert workspace.invoke(endpoint.name, body)["output"] is not None
-    server = procs.info(workspace.endpoints / endpoint.name)
+    scoring = workspace.endpoints / endpoint.name / "deployments" / "v-1"
+    server, router = procs.info(scoring), procs.info(workspace.endpoints / endpoint.name)
     os.kill(server["pid"], signal.SIGKILL)
+    os.kill(router["pid"], signal.SIGKILL)
 
     def answers():
         try:
@@ -163,7 +166,8 @@ def test_a_killed_scoring_process_is_started_again_on_the_same_port(workspace, p
     wait_for(answers, 120, "the endpoint to answer again")
     again = workspace.get_endpoint(endpoint.name)
     assert again.scoring_uri == endpoint.scoring_uri and again.provisioning_state == "Succeeded"
-    assert procs.info(workspace.endpoints / endpoint.name)["pid"] != server["pid"]
+    assert procs.info(scoring)["pid"] != server["pid"] and procs.info(scoring)["port"] == server["port"]
+    assert procs.info(workspace.endpoints / endpoint.name)["pid"] != router["pid"]
 
 
 # -- what the chaos run found, each reproduced by a kill at a named point ---------------------------
@@ -210,8 +214,8 @@ def test_a_deletion_whose_deleter_died_is_finished_by_the_platform(workspace, ev
     _prepared()
     job = workspace.submit(JobSpec(**{**_spec("ft-plat-gone").__dict__, "params": {"max_steps": 2}}))
     wait_for(lambda: workspace.get_job(job.name).status == "Completed", 240, "the job")
-    endpoint = workspace.deploy("tf-plat-gone", workspace.register_model("plat-gone", "1", job.name, {}), {})
-    server = procs.info(workspace.endpoints / endpoint.name)
+    endpoint = serve(workspace, "tf-plat-gone", workspace.register_model("plat-gone", "1", job.name, {}), {})
+    server = procs.info(workspace.endpoints / endpoint.name / "deployments" / "v-1")
     _die_at("workspace.endpoint-deleting", f"ws.delete_endpoint({endpoint.name!r})", workspace.root)
     assert workspace.get_endpoint(endpoint.name).provisioning_state == "Deleting"
     assert procs.process_alive(server)

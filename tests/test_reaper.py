@@ -162,7 +162,8 @@ def azure(**fake_behaviour):
 
 def deploy(d, name, expiry="2026-11-25T11:00:00Z"):
     from shared.ml.base import ModelRef
-    d.backend.deploy(name, ModelRef("m", "1"), {**MANAGED, "flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403",
+    from tests.serving import serve
+    serve(d.backend, name, ModelRef("m", "1"), {**MANAGED, "flow-id": "1d5f5ba0-8598-5118-9f6d-5a45f4408403",
                                                 "expires-at": expiry})
 
 
