@@ -53,14 +53,32 @@ def test_a_smoke_test_without_a_usable_answer_records_smoke_failed_with_the_reas
     assert "scoring container failed" in _stages(request.flow_id)["smoke-failed"]["detail"]["error"]
 
 
-def test_an_endpoint_left_failed_is_deleted_and_deployed_again_not_reused(azure_flow):
+def test_an_endpoint_left_failed_without_traffic_is_deleted_and_created_again_not_reused(azure_flow):
+    from shared import naming
+    from tests.test_rollout_azure import _model_version
     d = azure_flow
-    request, deploy, endpoint, _ = _run_flow(d, "rules-failed")
+    deploy = _model_version(d, "rules-failed", seed=1)
+    name = naming.endpoint_name("rules-failed", d.backend.workspace_id)
+    d.backend.create_endpoint(name, {"managed-by": "tuneflow"})  # an earlier attempt's, whose creation failed
+    d.fake.endpoints[name]["properties"]["provisioningState"] = "Failed"
+    done = _deploy_again(d, deploy)
+    assert done is not None and done.provisioning_state == "Succeeded"
+    assert done.traffic == {naming.deployment_name(deploy.model_version): 100}
+    writes = [m for m, p, _b in d.fake.calls if p.endswith(f"/onlineEndpoints/{name}") and m in ("PUT", "DELETE")]
+    assert writes == ["PUT", "DELETE", "PUT", "PUT"]  # the failed one, deleted, created again, its traffic routed
+
+
+def test_an_endpoint_that_failed_an_update_while_serving_is_kept_with_its_address(azure_flow):
+    """Failed after an update, yet still routing: deleting it would drop its scoring URI and key; the next
+    model version is rolled out into it (an update is what repairs a Failed endpoint in Azure)."""
+    from tests.test_rollout_azure import _model_version
+    d = azure_flow
+    _request, _deploy, endpoint, _ = _run_flow(d, "rules-kept")
     d.fake.endpoints[endpoint.name]["properties"]["provisioningState"] = "Failed"
-    again = _deploy_again(d, deploy)
-    assert again is not None and again.provisioning_state == "Succeeded"
-    writes = [m for m, p, _b in d.fake.calls if p.endswith(f"/onlineEndpoints/{endpoint.name}") and m in ("PUT", "DELETE")]
-    assert writes[-3:] == ["DELETE", "PUT", "PUT"]  # deleted, created, then its traffic routed
+    second = _model_version(d, "rules-kept", seed=2)
+    done = _deploy_again(d, second)
+    assert done is not None and done.scoring_uri == endpoint.scoring_uri
+    assert not [m for m, p, _b in d.fake.calls if p.endswith(f"/onlineEndpoints/{endpoint.name}") and m == "DELETE"]
 
 
 def test_a_datasets_own_ttl_sets_its_endpoints_expiry(azure_flow, monkeypatch):
