@@ -43,15 +43,19 @@ SETTINGS = {
     "TUNEFLOW_REAPER_MAX_DELETES": "1000", "TUNEFLOW_REAPER_MAX_DELETE_SHARE": "1.0",
     "TUNEFLOW_LOCAL_LEASE_S": "15", "TUNEFLOW_LOCAL_MAX_JOBS": "3",
     "TUNEFLOW_LOCAL_JOB_ATTEMPTS": str(JOB_ATTEMPTS),
+    # A re-dropped dataset rolls its second version out into the first one's endpoint, in steps, while
+    # processes are killed; the first version's deployment is reaped once the rollback window ends.
+    "TUNEFLOW_ROLLOUT_STEPS": "10,50,100", "TUNEFLOW_ROLLOUT_STEP_WAIT": "3s", "TUNEFLOW_ROLLOUT_PROBES": "1",
+    "TUNEFLOW_ROLLBACK_WINDOW": "20s", "TUNEFLOW_JOB_MAX_RUNTIME": "1h",
 }
-KILLABLE = {"train": "local.train", "scoring": "local.scoring"}
-TERMINAL = ("reaped", "job-failed", "deploy-failed")
+KILLABLE = {"train": "local.train", "scoring": "local.scoring", "router": "local.router"}
+TERMINAL = ("reaped", "job-failed", "deploy-failed", "superseded", "gate-failed", "refused")
 
 
 def kill_sequence(rng: random.Random, n: int) -> list[str]:
     """Each kind once (Azurite exactly once), the rest of the kills at random among the others."""
     first = ["azurite", "host", "train", "scoring"][:n]
-    rest = [rng.choice(("host", "train", "train", "scoring")) for _ in range(n - len(first))]
+    rest = [rng.choice(("host", "train", "train", "scoring", "router")) for _ in range(n - len(first))]
     sequence = first + rest
     rng.shuffle(sequence)
     return sequence

@@ -265,13 +265,13 @@ def cmd_reap(args) -> int:
         print(json.dumps([d.as_dict() for d in decisions], indent=2))
     else:
         table = Table(title="reaper" + (" (dry run: nothing deleted)" if args.dry_run else ""))
-        for col in ("endpoint", "action", "rule", "reason"):
-            table.add_column(col)
+        for col in ("kind", "target", "action", "rule", "reason"):
+            table.add_column(col, overflow="fold")
         for d in decisions:
-            table.add_row(d.endpoint, d.action, d.rule, d.reason)
+            table.add_row(d.kind, d.target, d.action, d.rule, d.reason)
         console.print(table)
     if alert:
-        sys.stderr.write(f"alert: circuit breaker: {alert}; nothing was deleted\n")
+        sys.stderr.write(f"alert: circuit breaker: {alert}; nothing was deleted or canceled\n")
     return 0
 
 

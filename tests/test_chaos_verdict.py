@@ -18,7 +18,7 @@ from bench.chaoslib.verdict import Observed, Verdict, judge  # noqa: E402
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 STARTED = T0.timestamp()
-STAGES = ("prepared", "submitted", "registered", "deployed", "smoke-tested", "reaped")
+STAGES = ("prepared", "submitted", "registered", "deployed", "smoke-tested", "rolled-out", "reaped")
 
 
 def flow(fid: str, stages=STAGES, job: str = "ft-a-1", endpoint: str = "tf-a-1", details=None) -> dict:
@@ -35,7 +35,8 @@ def clean() -> tuple[list, Observed, Seen]:
                         queues={"finetune-requests": 0, "deployments-deadletter": 0}, dead_letters=[],
                         endpoints_left=[], running_while_up=[], left_after_stop=[], ports_open=[])
     seen = Seen(endpoints={"tf-a-1": {"tags": {"dataset": "a", "flow-id": "1"}, "ports": {1}}},
-                jobs={"ft-a-1": {"dataset": "a", "flow-id": "1"}})
+                jobs={"ft-a-1": {"dataset": "a", "flow-id": "1"}},
+                deployments={"tf-a-1/v-1": {"flow-id": "1"}})
     return plans, observed, seen
 
 
@@ -71,6 +72,15 @@ def _second_flow(o, s):
     o.models["a"]["v2"] = 1
     s.jobs["ft-a-3"] = {"dataset": "a", "flow-id": "2"}
     s.endpoints["tf-a-3"] = {"tags": {"dataset": "a", "flow-id": "2"}, "ports": {3}}
+    s.deployments["tf-a-3/v-2"] = {"flow-id": "2"}
+
+
+def _second_deployment(o, s):
+    s.deployments["tf-a-1/v-9"] = {"flow-id": "1"}
+
+
+def _never_deployed(o, s):
+    s.deployments.clear()
 
 
 def _no_flow(o, s):
@@ -120,7 +130,7 @@ def _dead_letter(o, s):
 
 @pytest.mark.parametrize("break_it, kind", [
     (_second_endpoint, "duplicates"), (_second_job, "duplicates"), (_second_model, "duplicates"),
-    (_second_flow, "duplicates"), (_no_flow, "lost"), (_stuck, "stuck"), (_smoke_failed, "lost"),
+    (_second_flow, "duplicates"), (_second_deployment, "duplicates"), (_never_deployed, "lost"), (_no_flow, "lost"), (_stuck, "stuck"), (_smoke_failed, "lost"),
     (_poisoned, "lost"), (_left_in_queue, "stuck"), (_endpoint_left, "orphans"), (_process_left, "orphans"),
     (_port_open, "orphans"), (_refused_deployed, "duplicates"), (_not_waiting, "lost"), (_dead_letter, "lost"),
 ])
@@ -181,3 +191,38 @@ def test_a_gate_that_should_have_failed_and_did_not_is_a_violation(change, kind)
     change(observed, seen)
     v = run(plans, observed, seen)
     assert [x["kind"] for x in v.violations if x["dataset"] == "g"] == [kind]
+
+
+def redrop_case():
+    """A dataset dropped again with new content: two flows, two deployments on its one endpoint."""
+    plans, observed, seen = clean()
+    plans.append(DatasetPlan("d", "redrop", [Upload("d/x.jsonl", b"", 0), Upload("d/x.jsonl", b"", 30)], flows=2))
+    observed.flows["d"] = [dict(flow("6", job="ft-d-6", endpoint="tf-d"), version="v6"),
+                           dict(flow("7", job="ft-d-7", endpoint="tf-d"), version="v7")]
+    observed.prepared["d"] = {"v6", "v7"}
+    observed.models["d"] = Counter({"v6": 1, "v7": 1})
+    seen.jobs.update({"ft-d-6": {"dataset": "d", "flow-id": "6"}, "ft-d-7": {"dataset": "d", "flow-id": "7"}})
+    seen.endpoints["tf-d"] = {"tags": {"dataset": "d", "flow-id": "7"}, "ports": {9}}
+    seen.deployments.update({"tf-d/v-6": {"flow-id": "6"}, "tf-d/v-7": {"flow-id": "7"}})
+    return plans, observed, seen
+
+
+def test_a_redropped_dataset_rolls_its_second_version_into_the_same_endpoint():
+    v = run(*redrop_case())
+    assert v.violations == [] and (v.flows_expected, v.flows_exactly_once) == (3, 3)
+
+
+def test_a_version_overtaken_by_a_later_drop_may_be_superseded_and_then_never_deployed():
+    plans, observed, seen = redrop_case()
+    observed.flows["d"][0] = dict(flow("6", stages=("prepared", "submitted", "registered", "superseded"),
+                                       job="ft-d-6", endpoint=""), version="v6")
+    seen.deployments.pop("tf-d/v-6")
+    assert run(plans, observed, seen).violations == []
+    seen.deployments["tf-d/v-6"] = {"flow-id": "6"}  # superseded, and deployed all the same
+    assert [x["kind"] for x in run(plans, observed, seen).violations] == ["duplicates"]
+
+
+def test_a_second_endpoint_for_a_redropped_dataset_is_a_duplicate():
+    plans, observed, seen = redrop_case()
+    seen.endpoints["tf-d-2"] = {"tags": {"dataset": "d", "flow-id": "7"}, "ports": {10}}
+    assert "duplicates" in {x["kind"] for x in run(plans, observed, seen).violations if x["dataset"] == "d"}

@@ -283,9 +283,13 @@ INVENTORY = [
      "provisioning_state": "Succeeded", "created_at": "2026-11-26T06:00:00Z",
      "deployments": [{"name": "demo", "instance_type": "Standard_NC24ads_A100_v4", "instance_count": 1,
                       "provisioning_state": "Succeeded"}]},
-    {"name": "tf-fresh", "tags": {"Managed-By": "tuneflow", "Expires-At": "2026-11-26T20:00:00Z"},
+    {"name": "tf-fresh", "tags": {"Managed-By": "tuneflow", "Expires-At": "2026-11-26T20:00:00Z",
+                                  "traffic-changed-at": "2026-11-26T10:00:00Z"},
      "provisioning_state": "Succeeded", "created_at": "2026-11-26T06:00:00Z",
-     "deployments": [{"name": "demo", "instance_type": "x", "instance_count": 1, "provisioning_state": "Succeeded"}]},
+     "deployments": [{"name": "v-1", "instance_type": "x", "instance_count": 1, "provisioning_state": "Succeeded",
+                      "created_at": "2026-11-26T06:00:00Z"},
+                     {"name": "v-2", "instance_type": "x", "instance_count": 1, "provisioning_state": "Succeeded",
+                      "created_at": "2026-11-26T09:00:00Z", "traffic": 100}]},
     {"name": "tf-garbage", "tags": {"managed-by": "tuneflow", "expires-at": "tomorrow"}, "provisioning_state": "Succeeded",
      "created_at": "", "deployments": [{"name": "demo", "instance_type": "x", "instance_count": 1,
                                         "provisioning_state": "Succeeded"}]},
@@ -300,14 +304,18 @@ def test_reap_dry_run_over_an_inventory_with_a_frozen_now(tmp_path):
     inv.write_text(json.dumps(INVENTORY))
     res = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--now", "2026-11-26T12:00:00Z", "--json")
     assert res.returncode == 0, res.stderr
-    got = {d["endpoint"]: (d["action"], d["rule"]) for d in json.loads(res.stdout)}
-    assert got == {"tf-expired": ("delete", "expired"), "tf-fresh": ("keep", "not-expired"),
-                   "tf-garbage": ("flag", "bad-expiry"), "tf-empty": ("delete", "broken"),
-                   "someone-elses": ("keep", "not-managed")}
+    got = {(d["kind"], d["name"]): (d["action"], d["rule"]) for d in json.loads(res.stdout)}
+    assert got == {("endpoint", "tf-expired"): ("delete", "expired"), ("endpoint", "tf-fresh"): ("keep", "not-expired"),
+                   ("endpoint", "tf-garbage"): ("flag", "bad-expiry"), ("endpoint", "tf-empty"): ("delete", "broken"),
+                   ("endpoint", "someone-elses"): ("keep", "not-managed"),
+                   ("deployment", "v-1"): ("delete", "deployment-idle"),  # 0 % since 10:00, window 1 h
+                   ("deployment", "v-2"): ("keep", "deployment-serving"),
+                   ("deployment", "demo"): ("keep", "deployment-newest")}  # tf-garbage's only one
     earlier = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--now", "2026-11-26T09:10:00+00:00", "--json")
     assert {d["endpoint"]: d["rule"] for d in json.loads(earlier.stdout)}["tf-empty"] == "broken-grace"
     table = tuneflow("reap", "--dry-run", "--inventory", str(inv), "--now", "2026-11-26T12:00:00Z")
     assert table.returncode == 0 and "dry run" in table.stdout and "tf-garbage" in table.stdout
+    assert "tf-fresh/v-1" in table.stdout and "deployment" in table.stdout
 
 
 @pytest.mark.parametrize("args, words", [

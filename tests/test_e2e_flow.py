@@ -38,10 +38,10 @@ def test_dataset_travels_the_whole_way_and_repeats_are_harmless(real_model, host
     data = sampledata.write(tmp_path / "chat.jsonl", 240, seed=7)
 
     upload(data, "e2e-chat/chat.jsonl")
-    status = wait_for(lambda: (s := stage_of("e2e-chat")) and s.stage in ("smoke-tested", "smoke-failed", "job-failed",
-                                                                          "gate-failed") and s,
-                      600, "the flow to reach the smoke test")
-    assert status.stage == "smoke-tested", status.details
+    status = wait_for(lambda: (s := stage_of("e2e-chat")) and s.stage in ("rolled-out", "rollout-failed", "job-failed",
+                                                                          "gate-failed", "deploy-failed") and s,
+                      600, "the flow to be rolled out")
+    assert status.stage == "rolled-out", status.details
     assert status.details["smoke-tested"]["reply"].strip(), "the endpoint answered with empty text"
 
     # The job really trained the real model: loss went down on the held-out rows, and the gate said so.

@@ -10,7 +10,7 @@ from tests.conftest import invocations, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 DATASETS = 10
-DONE = ("smoke-tested", "smoke-failed", "job-failed", "deploy-failed")
+DONE = ("rolled-out", "rollout-failed", "superseded", "job-failed", "deploy-failed", "refused", "gate-failed")
 
 
 def test_ten_datasets_dropped_at_once_become_exactly_one_flow_each(host, workspace, tmp_path, monkeypatch):
@@ -39,7 +39,7 @@ def test_ten_datasets_dropped_at_once_become_exactly_one_flow_each(host, workspa
     rows = wait_for(finished, 900, "every flow to finish")
 
     assert sorted(r.dataset for r in rows) == names, "one flow per dataset, no more"
-    assert {r.stage for r in rows} == {"smoke-tested"}, {r.dataset: (r.stage, r.details) for r in rows}
+    assert {r.stage for r in rows} == {"rolled-out"}, {r.dataset: (r.stage, r.details) for r in rows}
     assert len({r.job for r in rows}) == DATASETS and len({r.model for r in rows}) == DATASETS
     assert sorted(d.name for d in workspace.jobs.iterdir()) == sorted(r.job for r in rows)
     assert sorted(e.name for e in workspace.list_endpoints()) == sorted(r.endpoint for r in rows)

@@ -340,12 +340,146 @@ def test_a_run_that_dies_after_deleting_leaves_the_record_to_the_next_run(storag
 
 def test_a_pending_deletion_whose_endpoint_still_exists_is_decided_again(storage_env):
     from shared import storage
-    from shared.reaper import _write_pending
+    from shared.reaper import _targets, _write_pending
     d = azure()
     deploy(d, "tf-kept", expiry="2026-11-26T11:00:00Z")  # a deletion planned, then the lease was extended
     state, flow_log = storage.container("reaper"), storage.container("flows")
     [endpoint] = d.backend.list_endpoints()
-    _write_pending(state, ReapDecision("tf-kept", "delete", "expired", "old"), endpoint, "run-0")
+    _write_pending(state, ReapDecision("tf-kept", "delete", "expired", "old"), _targets([endpoint], [])["tf-kept"],
+                   "run-0")
     run = reap(d.backend, NOW, POLICY, flow_log=flow_log, state=state, sleep=Sleeps())
-    assert [(x.action, x.rule) for x in run.decisions] == [("keep", "not-expired")]
+    assert [(x.action, x.rule) for x in run.decisions] == [("keep", "not-expired"), ("keep", "deployment-serving")]
     assert list(flow_log.list_blobs()) == [] and list(state.list_blobs(name_starts_with="pending/")) == []
+
+
+# -- deployments and jobs (issue 15): the same clock, the same table style -------------------------
+
+def dep(name, created_at, traffic=0, mirror=0, state="Succeeded", flow_id=""):
+    return DeploymentInfo(name, "Standard_NC24ads_A100_v4", 1, state, traffic=traffic, mirror_traffic=mirror,
+                          created_at=created_at, tags={"flow-id": flow_id} if flow_id else {})
+
+
+SERVING = dep("v-3", "2026-11-25T10:00:00Z", traffic=100)
+LIVE = {**expiring("2026-11-25T20:00:00Z"), "traffic-changed-at": "2026-11-25T10:30:00Z"}  # 90 min ago
+
+DEPLOYMENT_RULES = [
+    # (endpoint tags, deployments, {deployment: (action, rule)})
+    (LIVE, (dep("v-1", "2026-11-25T08:00:00Z"), SERVING),  # idle since the last traffic change, 90 min > 1 h
+     {"v-1": ("delete", "deployment-idle"), "v-3": ("keep", "deployment-serving")}),
+    ({**LIVE, "traffic-changed-at": "2026-11-25T11:30:00Z"}, (dep("v-1", "2026-11-25T08:00:00Z"), SERVING),
+     {"v-1": ("keep", "deployment-window"), "v-3": ("keep", "deployment-serving")}),  # 30 min: kept for a rollback
+    ({**LIVE, "traffic-changed-at": "2026-11-25T11:00:00Z"}, (dep("v-1", "2026-11-25T08:00:00Z"), SERVING),
+     {"v-1": ("delete", "deployment-idle"), "v-3": ("keep", "deployment-serving")}),  # exactly the window
+    # no traffic-changed-at tag: idle since its own creation
+    (expiring("2026-11-25T20:00:00Z"), (dep("v-1", "2026-11-25T08:00:00Z"), SERVING),
+     {"v-1": ("delete", "deployment-idle"), "v-3": ("keep", "deployment-serving")}),
+    # never one with live or mirror traffic, however old
+    (LIVE, (dep("v-1", "2020-01-01T00:00:00Z", traffic=10), dep("v-3", "2026-11-25T10:00:00Z", traffic=90)),
+     {"v-1": ("keep", "deployment-serving"), "v-3": ("keep", "deployment-serving")}),
+    (LIVE, (dep("v-1", "2020-01-01T00:00:00Z", mirror=20), SERVING),
+     {"v-1": ("keep", "deployment-serving"), "v-3": ("keep", "deployment-serving")}),
+    # never the newest: a rollback gave the traffic to an older one, the newest waits for its own window
+    (LIVE, (dep("v-1", "2026-11-25T08:00:00Z", traffic=100), dep("v-3", "2026-11-25T10:00:00Z")),
+     {"v-1": ("keep", "deployment-serving"), "v-3": ("keep", "deployment-newest")}),
+    # failed at 0 %: after the grace, even the newest (its rollout failed for good)
+    (LIVE, (SERVING, dep("v-4", "2026-11-25T11:00:00Z", state="Failed")),
+     {"v-3": ("keep", "deployment-serving"), "v-4": ("delete", "deployment-failed")}),
+    ({**LIVE, "traffic-changed-at": "2026-11-25T11:50:00Z"}, (SERVING, dep("v-4", "2026-11-25T11:40:00Z", state="Failed")),
+     {"v-3": ("keep", "deployment-serving"), "v-4": ("keep", "deployment-newest")}),  # within the grace
+    # an age nobody knows is no reason to delete
+    ({**MANAGED, "expires-at": "2026-11-25T20:00:00Z"}, (dep("v-1", ""), SERVING),
+     {"v-1": ("keep", "deployment-window"), "v-3": ("keep", "deployment-serving")}),
+]
+
+
+@pytest.mark.parametrize("tags, deployments, want", DEPLOYMENT_RULES)
+def test_deployment_rules(tags, deployments, want):
+    decisions, alert = plan([ep(tags, deployments=deployments)], NOW, POLICY)
+    assert decisions[0].kind == "endpoint" and (decisions[0].action, decisions[0].rule) == ("keep", "not-expired")
+    got = {d.name: (d.action, d.rule) for d in decisions[1:]}
+    assert got == want and all(d.kind == "deployment" and d.endpoint == "tf-x" for d in decisions[1:])
+    assert alert == ""
+
+
+@pytest.mark.parametrize("tags, other, rule", [
+    ({"expires-at": "2026-11-25T20:00:00Z"}, dep("v-1", "2020-01-01T00:00:00Z"), "not-managed"),
+    ({**LIVE, "do-not-delete": "true"}, dep("v-1", "2020-01-01T00:00:00Z"), "do-not-delete"),
+    (expiring("2026-11-25T11:00:00Z"), dep("v-1", "2020-01-01T00:00:00Z"), "expired"),  # it goes, with every one
+    # a deployment being created (a rollout in progress) or deleted: nothing on that endpoint is touched
+    (LIVE, dep("v-4", "2026-11-25T11:50:00Z", state="Creating"), "in-transition"),
+    (LIVE, dep("v-1", "2026-11-25T08:00:00Z", state="Deleting"), "in-transition"),
+])
+def test_no_deployment_decisions_where_the_endpoint_decision_covers_them(tags, other, rule):
+    decisions, _ = plan([ep(tags, deployments=(other, SERVING))], NOW, POLICY)
+    assert [(d.kind, d.rule) for d in decisions] == [("endpoint", rule)]
+
+
+def test_an_endpoint_serving_beside_a_failed_deployment_is_not_broken():
+    decisions, _ = plan([ep(LIVE, deployments=(SERVING, dep("v-4", "2026-11-25T08:00:00Z", state="Failed")))],
+                        NOW, POLICY)
+    assert [(d.name, d.rule) for d in decisions] == [("tf-x", "not-expired"), ("v-4", "deployment-failed"),
+                                                    ("v-3", "deployment-serving")]  # oldest first
+
+
+@pytest.mark.parametrize("count, deleted", [(17, []), (18, ["v-01"]), (19, ["v-01", "v-02"]), (20, ["v-01", "v-02", "v-03"])])
+def test_near_azures_twenty_deployments_the_oldest_idle_go_first(count, deleted):
+    """All within the rollback window: kept, until the endpoint nears the quota; then the oldest go until
+    two slots are free for the next rollouts."""
+    tags = {**LIVE, "traffic-changed-at": "2026-11-25T11:50:00Z"}
+    idle = tuple(dep(f"v-{i:02d}", f"2026-11-25T09:{i:02d}:00Z") for i in range(1, count))
+    decisions, alert = plan([ep(tags, deployments=idle + (dep("v-99", "2026-11-25T11:00:00Z", traffic=100),))],
+                            NOW, ReaperPolicy(max_deletes=10))
+    assert [d.name for d in decisions if d.action == "delete"] == deleted
+    assert {d.rule for d in decisions if d.action == "delete"} <= {"deployment-quota"} and alert == ""
+
+
+def job(name, created_at, status="Running", tags=None):
+    from shared.ml.base import JobInfo
+    return JobInfo(name, status, tags={**MANAGED, "flow-id": f"flow-{name}", **(tags or {})}, created_at=created_at,
+                   compute="Standard_NC24ads_A100_v4")
+
+
+JOB_RULES = [
+    (job("ft-a", "2026-11-24T11:00:00Z"), ("cancel", "job-runaway")),  # 25 h > 24 h
+    (job("ft-b", "2026-11-24T12:00:00Z"), ("keep", "job-running")),  # exactly 24 h: not longer
+    (job("ft-c", "2026-11-24T13:00:00+02:00"), ("cancel", "job-runaway")),  # 11:00 UTC: offsets count
+    (job("ft-d", "2026-11-25T11:00:00Z", status="NotStarted"), ("keep", "job-running")),
+    (job("ft-e", "2026-11-20T00:00:00Z", status="Queued"), ("cancel", "job-runaway")),  # queued for days holds quota
+    (job("ft-f", "2026-11-20T00:00:00Z", tags={"Do-Not-Delete": "true"}), ("keep", "do-not-delete")),
+    (job("ft-g", ""), ("flag", "job-age-unknown")),
+    (job("ft-h", "2026-11-20T00:00:00Z", status="Completed"), None),  # ended: nothing to decide
+    (job("ft-i", "2026-11-20T00:00:00Z", status="Failed"), None),
+    (job("ft-j", "2026-11-20T00:00:00Z", status="Canceled"), None),
+]
+
+
+@pytest.mark.parametrize("the_job, want", JOB_RULES)
+def test_job_rules(the_job, want):
+    from shared.reaper import decide_job
+    d = decide_job(the_job, NOW, POLICY)
+    assert (d and (d.action, d.rule)) == want
+    if d is not None:
+        assert (d.kind, d.name, d.endpoint, d.target) == ("job", the_job.name, "", the_job.name)
+
+
+def test_the_breaker_counts_deployments_and_jobs_with_the_endpoints():
+    policy = ReaperPolicy(max_deletes=3)
+    eps = [ep(LIVE, deployments=(dep("v-1", "2026-11-25T08:00:00Z"), SERVING), name=f"tf-{i}") for i in range(2)]
+    jobs = [job(f"ft-{i}", "2026-11-24T00:00:00Z") for i in range(2)]  # 2 idle deployments + 2 runaway jobs = 4
+    decisions, alert = plan(eps, NOW, policy, jobs=jobs)
+    assert "4 deletions and cancellations planned" in alert
+    assert not [d for d in decisions if d.action in ("delete", "cancel")]
+    assert {d.rule for d in decisions if d.action == "flag"} == {"circuit-breaker"}
+    assert "not canceled" in next(d.reason for d in decisions if d.kind == "job")
+
+
+def test_the_share_rule_is_for_endpoints_and_jobs_not_idle_deployments():
+    """After each rollout half of an endpoint's deployments are idle by design: no flood."""
+    policy = ReaperPolicy(max_deletes=10)
+    eps = [ep(LIVE, deployments=(dep("v-1", "2026-11-25T08:00:00Z"), dep("v-2", "2026-11-25T08:30:00Z"), SERVING),
+              name=f"tf-{i}") for i in range(3)]
+    decisions, alert = plan(eps, NOW, policy)
+    assert alert == "" and sum(d.action == "delete" for d in decisions) == 6
+    jobs = [job(f"ft-{i}", "2026-11-24T00:00:00Z") for i in range(3)] + [job("ft-ok", "2026-11-25T11:00:00Z")]
+    _, alert = plan([], NOW, policy, jobs=jobs)
+    assert "3 of 4 running managed jobs planned for cancellation" in alert

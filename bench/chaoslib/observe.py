@@ -1,5 +1,5 @@
-"""What the chaos run sees from the outside while it runs: every job folder, endpoint and scoring port
-that ever existed (the reaper deletes endpoints, so a duplicate must be seen while it lives)."""
+"""What the chaos run sees from the outside while it runs: every job folder, endpoint, deployment and
+scoring port that ever existed (the reaper deletes them, so a duplicate must be seen while it lives)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 class Seen:
     endpoints: dict[str, dict] = field(default_factory=dict)  # name -> tags, port, first and last seen (s)
     jobs: dict[str, dict] = field(default_factory=dict)  # name -> tags
+    deployments: dict[str, dict] = field(default_factory=dict)  # endpoint/deployment -> tags (flow-id), first seen
 
 
 class Observer:
@@ -47,6 +48,10 @@ class Observer:
             seen.update(tags=record.get("tags", {}), last_seen=now, state=record.get("state"))
             if record.get("port"):
                 seen["ports"].add(record["port"])
+        for record_file in (self.state / "endpoints").glob("*/deployments/*/deployment.json"):
+            key = f"{record_file.parents[2].name}/{record_file.parent.name}"
+            if key not in self.seen.deployments and (record := _read(record_file)) is not None:
+                self.seen.deployments[key] = {**record.get("tags", {}), "first_seen": now}
         for job_file in (self.state / "jobs").glob("*/job.json"):
             if job_file.parent.name not in self.seen.jobs and (record := _read(job_file)) is not None:
                 self.seen.jobs[job_file.parent.name] = record["spec"]["tags"]

@@ -20,7 +20,9 @@ from pathlib import Path
 from bench.chaoslib.observe import Seen
 from bench.chaoslib.plan import DatasetPlan
 
-DEPLOYED_STAGES = ("prepared", "submitted", "registered", "deployed", "smoke-tested", "reaped")
+DEPLOYED_STAGES = ("prepared", "submitted", "registered", "deployed", "smoke-tested", "rolled-out", "reaped")
+# A flow whose dataset already serves a later flow's model (a re-drop overtook it) is not rolled out over it.
+SUPERSEDED_STAGES = ("prepared", "submitted", "registered", "superseded")
 
 
 @dataclass
@@ -149,7 +151,10 @@ def judge(verdict: Verdict, plans: list[DatasetPlan], observed: Observed, seen: 
         endpoints = {name: e["tags"] for name, e in seen.endpoints.items() if e.get("tags", {}).get("dataset") == plan.name}
         if plan.expect == "deployed":
             verdict.flows_expected += plan.flows
-            _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after)
+            flow_ids = {f["flow_id"] for f in flows}
+            deployments = {d: tags for d, tags in seen.deployments.items() if tags.get("flow-id") in flow_ids}
+            _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after,
+                            deployments)
             continue
         if plan.expect == "gate-failed":
             verdict.flows_expected += plan.flows
@@ -173,8 +178,13 @@ def judge(verdict: Verdict, plans: list[DatasetPlan], observed: Observed, seen: 
     return verdict
 
 
-def _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after) -> None:
+def _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs, job_attempts, after,
+                    deployments=None) -> None:
+    """Each flow exactly once: one job, one model version, one deployment on the dataset's one endpoint
+    (a re-dropped dataset rolls its second version out into the endpoint of the first), rolled out and
+    reaped; or superseded, and then never deployed."""
     name = plan.name
+    deployments = deployments or {}
     if not flows:
         return verdict.violation("lost", name, f"{plan.flows} flow(s) deployed and reaped", "no flow at all", after)
     if len(flows) > plan.flows:
@@ -183,6 +193,8 @@ def _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs
     if len(versions) != plan.flows:
         verdict.violation("duplicates" if len(versions) > plan.flows else "lost", name,
                           f"{plan.flows} prepared version(s)", f"{len(versions)}: {sorted(versions)}", after)
+    if len(endpoints) > 1:
+        verdict.violation("duplicates", name, "one endpoint per dataset", f"endpoints {sorted(endpoints)}", after)
     models = observed.models.get(name, Counter())
     for flow in flows:
         stages, short = flow["stages"], flow["flow_id"][:8]
@@ -190,19 +202,26 @@ def _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs
                 and "lost (killed)" in str(flow["details"].get("job-failed")):
             verdict.failed_as_documented += 1  # every attempt killed: the platform's documented outcome
             continue
-        missing = [s for s in DEPLOYED_STAGES if s not in stages]
+        flow_deployments = [d for d, tags in deployments.items() if tags.get("flow-id") == flow["flow_id"]]
+        superseded = "superseded" in stages
+        want = SUPERSEDED_STAGES if superseded else DEPLOYED_STAGES
+        missing = [s for s in want if s not in stages]
         if missing:
-            terminal = any(s in stages for s in ("reaped", "job-failed", "deploy-failed"))
-            verdict.violation("lost" if terminal else "stuck", name, f"flow {short} through {', '.join(DEPLOYED_STAGES)}",
+            terminal = any(s in stages for s in ("reaped", "job-failed", "deploy-failed", "rollout-failed"))
+            verdict.violation("lost" if terminal else "stuck", name, f"flow {short} through {', '.join(want)}",
                               f"reached {list(stages)}; missing {missing}; {_errors(flow)}", after)
             continue
         flow_jobs = [j for j, tags in jobs.items() if tags.get("flow-id") == flow["flow_id"]]
-        flow_endpoints = [e for e, tags in endpoints.items() if tags.get("flow-id") == flow["flow_id"]]
-        counts = {"jobs": len(flow_jobs), "endpoints": len(flow_endpoints), "model versions": models[flow["version"]]}
-        extra = {what: n for what, n in counts.items() if n != 1}
+        counts = {"jobs": len(flow_jobs), "model versions": models[flow["version"]],
+                  "deployments": len(flow_deployments), "endpoints": len(endpoints)}
+        expected = {"jobs": 1, "model versions": 1, "deployments": 0 if superseded else 1,
+                    "endpoints": counts["endpoints"] if superseded else 1}
+        extra = {what: n for what, n in counts.items() if n != expected[what]}
         if extra:
-            verdict.violation("duplicates" if max(extra.values()) > 1 else "lost", name, f"flow {short}: one job, "
-                              f"one model version, one endpoint", f"{counts}: jobs {flow_jobs}, endpoints {flow_endpoints}",
+            verdict.violation("duplicates" if any(n > expected[w] for w, n in extra.items()) else "lost", name,
+                              f"flow {short}: one job, one model version, "
+                              + ("no deployment" if superseded else "one deployment on one endpoint"),
+                              f"{counts}: jobs {flow_jobs}, deployments {flow_deployments}, endpoints {sorted(endpoints)}",
                               after)
             continue
         verdict.flows_exactly_once += 1
