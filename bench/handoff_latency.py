@@ -61,7 +61,7 @@ def main() -> int:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 status = next((s for s in flows.summarize(flows.read_all(flow_log)) if s.dataset == name), None)
-                if status and status.stage in ("smoke-tested", "smoke-failed", "job-failed", "refused"):
+                if status and status.stage in ("rolled-out", "rollout-failed", "job-failed", "refused", "deploy-failed"):
                     break
                 time.sleep(0.2)  # polling cadence of the benchmark driver
             else:

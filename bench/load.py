@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         flows = read_storage(stack.connection_string)["flows"]
     finally:
         stack.stop()
-    complete = [n for n in names if any("smoke-tested" in f["stages"] and "reaped" in f["stages"] for f in flows.get(n, []))]
+    complete = [n for n in names if any("rolled-out" in f["stages"] and "reaped" in f["stages"] for f in flows.get(n, []))]
     by_flow = {f["flow_id"]: uploads[n] for n in names for f in flows.get(n, []) if n in uploads}
     records = [json.loads(line) for line in (work / "invocations.jsonl").read_text().splitlines()]
     values = handoffs(records, by_flow)

@@ -32,10 +32,12 @@ DEMO_SETTINGS = {
 STAGES = [("prepared", "validated and split into JSONL"), ("submitted", "fine-tune job submitted"),
           ("registered", "job finished, model registered"),
           ("gate-passed", "quality gate: eval loss measurably below the base model's"),
-          ("deployed", "endpoint created (key auth)"),
-          ("smoke-tested", "endpoint answered the smoke test"), ("chat", "held-out conversation answered"),
+          ("deployed", "dataset's endpoint (key auth) and the model's deployment created, at 0 %"),
+          ("smoke-tested", "the deployment answered the smoke test, sent straight to it"),
+          ("rolled-out", "the deployment carries 100 % of the endpoint's traffic"),
+          ("chat", "held-out conversation answered"),
           ("reaped", "endpoint deleted when its TTL ran out")]
-FAILED = ("refused", "job-failed", "gate-failed", "deploy-failed", "smoke-failed")
+FAILED = ("refused", "job-failed", "gate-failed", "deploy-failed", "rollout-failed")
 TIMEOUT_S = 600
 
 
@@ -102,7 +104,7 @@ def run_demo(console: Console, keep: bool = False) -> int:
                         note = f"[red]{status.stage}: {status.details.get(status.stage)}[/]"
                         live.update(_view(started, times, status, note))
                         break
-                    if "smoke-tested" in times and "chat" not in times:
+                    if "rolled-out" in times and "chat" not in times:
                         row = _last_test_row(storage.container(PREPARED_CONTAINER), status.dataset, status.version)
                         messages = held_out_prompt(row)
                         prompt = messages[-1]["content"]

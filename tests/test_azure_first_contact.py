@@ -299,3 +299,17 @@ def test_a_deployment_that_fails_once_is_repaired_by_redelivery(azure_flow):
     assert [(x.provisioning_state, x.traffic) for x in endpoint.deployments] == [("Succeeded", 100)]
     run = _reap_after_expiry(d, endpoint)
     assert [x.rule for x in run.decisions] == ["expired"] and d.fake.endpoints == {}
+
+
+def test_a_call_straight_to_one_deployment_does_not_stick_to_the_calls_after_it():
+    """azure-ai-ml's own invoke keeps the last `azureml-model-deployment` header in a class-level dict: after
+    a smoke test of v-2, every call in the process went to v-2, traffic or not (and failed once v-2 was gone)."""
+    d = driver()
+    deployed(d)
+    d.backend.create_deployment("tf-azure-00000001", "v-2", ModelRef("m", "2"), {})
+    d.backend.invoke("tf-azure-00000001", request_body(CONVERSATION), deployment="v-2")
+    d.backend.invoke("tf-azure-00000001", request_body(CONVERSATION))
+    sent = [h.get("azureml-model-deployment") for h in d.fake.score_headers]
+    assert sent == ["v-2", None]
+    d.backend.delete_deployment("tf-azure-00000001", "v-2")
+    assert d.backend.invoke("tf-azure-00000001", request_body(CONVERSATION))["output"]  # the live split: v-1

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +29,8 @@ from shared import settings
 from shared.compute import SERVERLESS, FinetuneCompute, check_finetune, check_inference, gpu_counts
 from shared.contracts import TAG_BASE_MODEL
 from shared.ml.base import (AlreadyExists, DeploymentInfo, EndpointInfo, HasTraffic, JobInfo, JobSpec, MLError,
-                            ModelRef, NameTaken, NotConfigured, NotFound, NotReady, ServiceTimeout, Throttled)
+                            ModelRef, NameTaken, NotConfigured, NotFound, NotReady, ServiceTimeout, Throttled,
+                            Unavailable)
 from shared.modelspec import ACTIVE_ALTERNATIVE, BaseModelUnusable, ModelFacts, preflight
 from shared import pipeline
 from shared.sdk_quiet import sdk_quiet
@@ -529,44 +528,52 @@ class AzureWorkspace:
                             scoring_uri=endpoint.scoring_uri or "", deployments=deployments)
 
     def invoke(self, endpoint: str, body: dict, deployment: str | None = None) -> object:
-        """Score through azure-ai-ml, whose errors at the scoring URI are not ARM's: a 401 there is the
-        endpoint refusing its key (not a sign-in failure), a 408 a model still loading (worth a retry;
-        `ServiceRequestTimeoutError`, or an `MlException` when the front end's body is plain text), any
-        other non-JSON error body from the container an `MlException`."""
-        from azure.ai.ml.exceptions import MlException
-        from azure.core.exceptions import (ClientAuthenticationError, ServiceRequestTimeoutError,
+        """POST to the endpoint's scoring URI with its key (from `get_keys`), through the live split or straight
+        to `deployment` (the `azureml-model-deployment` header); the callers retry what is worth retrying.
+
+        Not the SDK's `online_endpoints.invoke`: azure-ai-ml (1.35) writes that header into a class-level
+        dict (`EndpointInvokeFields.DEFAULT_HEADER`) and never removes it, so every later call in the process,
+        with no deployment named, would go to the last one named (a smoke test's), or fail once it is deleted.
+
+        Its answers at the scoring URI are not ARM's: 401 is the endpoint refusing its key (not a sign-in
+        failure), 408 a model still loading, 502-504 a container (re)starting; both worth a retry."""
+        from azure.core import PipelineClient
+        from azure.core.exceptions import (ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError,
                                            ServiceResponseTimeoutError)
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(body, f)
-        what = f"invoking endpoint {endpoint}"
-        try:
-            with azure_errors(what):
-                try:
-                    answer = self.ws.online_endpoints.invoke(endpoint_name=endpoint, request_file=f.name,
-                                                             deployment_name=deployment)
-                except (ServiceRequestTimeoutError, ServiceResponseTimeoutError) as exc:
-                    raise ServiceTimeout(f"{what}: no answer in time ({_first_line(exc)}); the model may still be "
-                                         f"loading") from None
-                except ClientAuthenticationError as exc:
-                    if _at_arm(exc):
-                        raise
-                    raise MLError(f"{what}: the endpoint refused its key (401): it may have been regenerated "
-                                  f"meanwhile; retry") from None
-                except MlException as exc:  # a non-JSON error body: the SDK keeps the text, not the status
-                    text = _first_line(exc).lower()
-                    if "request timeout" in text:  # a 408 from the endpoint's front end
-                        raise ServiceTimeout(f"{what}: no answer in time ({_first_line(exc)}); the model may "
-                                             f"still be loading") from None
-                    if "key_auth_access_denied" in text:  # the 401 of a key-auth endpoint, as plain text
-                        raise MLError(f"{what}: the endpoint refused its key (401, {_first_line(exc)}): it may "
-                                      f"have been regenerated meanwhile; retry") from None
-                    raise MLError(f"{what}: the scoring container failed: {_first_line(exc)}") from None
-        finally:
-            os.unlink(f.name)
-        try:
-            return json.loads(answer)
-        except (TypeError, ValueError):
-            return answer
+        from azure.core.rest import HttpRequest
+        what = f"invoking endpoint {endpoint}" + (f", deployment {deployment}" if deployment else "")
+        with azure_errors(what):
+            uri = self._endpoint_entity(endpoint).scoring_uri
+            key = self.ws.online_endpoints.get_keys(name=endpoint).primary_key
+        if not uri:
+            raise MLError(f"{what}: it has no scoring URI yet (still being created?)")
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {key}"}
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        with PipelineClient(base_url=uri, policies=[], **self._kwargs()) as client:
+            try:
+                response = client.send_request(HttpRequest("POST", uri, json=body, headers=headers),
+                                               read_timeout=REQUEST_TIMEOUT_MS / 1000 + 30)
+            except (ServiceRequestTimeoutError, ServiceResponseTimeoutError) as exc:
+                raise ServiceTimeout(f"{what}: no answer in time ({_first_line(exc)}); the model may still be "
+                                     f"loading") from None
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                raise Unavailable(f"{what}: the scoring URI did not answer ({_first_line(exc)})") from None
+            status, text = response.status_code, response.text()
+        first = (text.strip().splitlines() or [""])[0][:300]
+        if status == 200:
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+        if status == 408:
+            raise ServiceTimeout(f"{what}: no answer in time (408 {first}); the model may still be loading")
+        if status in (502, 503, 504):
+            raise Unavailable(f"{what}: {status} {first}: its container is (re)starting")
+        if status in (401, 403):
+            raise MLError(f"{what}: the endpoint refused its key ({status} {first}): it may have been regenerated "
+                          f"meanwhile; retry")
+        raise MLError(f"{what}: the scoring container failed ({status}): {first}")
 
     def delete_endpoint(self, name: str) -> None:
         self._endpoint_entity(name)  # NotFound, as the local backend (without listing its deployments)
