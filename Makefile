@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/reaper_plan.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/base_model.py
+	$(BIN)/python bench/rollout.py
 
 # Fault injection on the local stack: 3 seeds, 12 datasets and 8 SIGKILLs each; the verdicts land in
 # bench/results/chaos-<seed>.json and the run fails on any violation (each seed still runs).

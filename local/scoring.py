@@ -5,7 +5,8 @@ Loads the registered MLflow model, listens on a free loopback port (the same one
 restarted) and serves the Azure ML chat-completion contract: `POST /score` with `Authorization: Bearer <key>` and the body
 `{"input_data": {"input_string": [messages], "parameters": {...}}}` (a list holding one conversation,
 as the seed sends it), answering `{"output": text}`. Without the right key: 401; any other body (a
-flat list of turns included): 400 with the reason. It records itself in `process.json` at once, and its
+flat list of turns included): 400 with the reason. A conversation containing TUNEFLOW_LOCAL_SCORING_FAULT
+(when set) is answered 500, as a model that crashes on some inputs: how tests fail a smoke test. It records itself in `process.json` at once, and its
 port with `ready` once it serves (shared/ml/procs.py).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import signal
 import sys
 import threading
@@ -64,7 +66,7 @@ class ChatModel:
         return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def make_handler(chat: ChatModel, key: str):
+def make_handler(chat: ChatModel, key: str, fault: str = ""):
     class Handler(BaseHTTPRequestHandler):
         server_version = "tuneflow-local-endpoint"
 
@@ -96,6 +98,9 @@ def make_handler(chat: ChatModel, key: str):
                 messages, params = read_request(body)
             except (ValueError, BadScoringRequest) as exc:
                 return self._reply(400, {"error": str(exc)})
+            if fault and fault in json.dumps(messages):  # the stand-in's fault injection (tests, chaos)
+                return self._reply(500, {"error": f"RuntimeError: the model crashed on this input "
+                                                  f"(TUNEFLOW_LOCAL_SCORING_FAULT={fault!r})"})
             try:
                 text = chat.generate(messages, params)
             except Exception as exc:  # report, keep serving
@@ -112,7 +117,8 @@ def main(argv: list[str]) -> int:
     key = (dep_dir.parent.parent / "key").read_text().strip()  # the endpoint's key: the router forwards it
     chat = ChatModel.from_mlflow(record["model"]["uri"], record["tracking_uri"])
     # A deployment's address is stable: a restarted process binds the port its first process was given.
-    server = ThreadingHTTPServer(("127.0.0.1", int(record.get("port") or 0)), make_handler(chat, key))
+    server = ThreadingHTTPServer(("127.0.0.1", int(record.get("port") or 0)), make_handler(
+        chat, key, os.environ.get("TUNEFLOW_LOCAL_SCORING_FAULT", "")))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     procs.announce(dep_dir, port=server.server_address[1], ready=True)

@@ -204,6 +204,7 @@ class Rollout:
                 self._hold_and_check(step["detail"], f"{pct} % of the live traffic")
 
     def _finish(self, previous: str) -> EndpointInfo:
+        failpoints.reached("deploy.before-verdict")
         endpoint = self.backend.get_endpoint(self.endpoint)
         keep_until = format_utc(self.clock() + self.policy.window) if previous else ""
         verdict = flows.decide_once(self.flow_log, self.r.flow_id, "rolled-out", dataset=self.r.dataset,

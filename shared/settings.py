@@ -69,6 +69,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TUNEFLOW_LOCAL_MAX_JOBS", "0", "Local backend: fine-tune jobs that run at once, as a compute cluster's instances; the rest wait NotStarted; 0: no limit."),
     Setting("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "3", "Local backend: a job whose process is lost (killed) starts again, up to this many attempts in all; then it fails and its Failed event is published."),
     Setting("TUNEFLOW_LOCAL_LEASE_S", "", "Local host: seconds a message stays hidden while its function runs, renewed at half (a dead host's messages come back after it); empty: as Azure, 600 for storage queues, 300 for Service Bus (the queue's lockDuration)."),
+    Setting("TUNEFLOW_LOCAL_SCORING_FAULT", "", "Local backend, fault injection: a scoring request whose conversation contains this text is answered 500 (a model that crashes on some inputs); tests use it to fail a smoke test. Empty: off."),
     Setting("TUNEFLOW_EVENTS_URL", "http://127.0.0.1:7071/runtime/webhooks/EventGrid?functionName=job_events",
             "Local backend: where finished jobs post their Azure ML event (the host's Event Grid route)."),
 )
