@@ -1,4 +1,5 @@
-"""deploy: a deploy request from the `deployments` Service Bus queue -> smoke-tested endpoint."""
+"""deploy: a deploy request from the `deployments` Service Bus queue -> the model version rolled out into its
+dataset's endpoint (docs/rollout.md)."""
 
 import azure.functions as func
 

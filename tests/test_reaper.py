@@ -483,3 +483,50 @@ def test_the_share_rule_is_for_endpoints_and_jobs_not_idle_deployments():
     jobs = [job(f"ft-{i}", "2026-11-24T00:00:00Z") for i in range(3)] + [job("ft-ok", "2026-11-25T11:00:00Z")]
     _, alert = plan([], NOW, policy, jobs=jobs)
     assert "3 of 4 running managed jobs planned for cancellation" in alert
+
+
+def test_an_idle_deployment_is_deleted_and_a_runaway_job_canceled_through_the_azure_backend(storage_env):
+    """Against the strict fake: the deployment's delete and the job's cancel are long-running operations,
+    each confirmed; the serving deployment, its endpoint and a finished job are left alone; each flow whose
+    thing is gone gets `reaped`, and the audit has the kind and the cost."""
+    from dataclasses import replace as copy
+    from shared import flows, storage
+    from shared.ml.base import ModelRef
+    from tests.serving import serve
+    d = azure()
+    d.fake.lro_polls = 3
+    name = "tf-roll-00000001"
+    serve(d.backend, name, ModelRef("m", "1"), {**MANAGED, "expires-at": "2026-11-28T00:00:00Z",
+                                                 "traffic-changed-at": "2026-11-26T00:00:00Z"},
+          deployment="v-1", deployment_tags={"flow-id": "11111111-8598-5118-9f6d-5a45f4408403"})
+    d.backend.create_deployment(name, "v-2", ModelRef("m", "2"), {"flow-id": "22222222-8598-5118-9f6d-5a45f4408403"})
+    d.backend.set_traffic(name, {"v-2": 100}, {}, {**d.backend.get_endpoint(name).tags,
+                                                    "traffic-changed-at": "2026-11-26T00:00:00Z"})
+    runaway = copy(d.spec("ft-azure-0000abcd"), tags={**MANAGED, "flow-id": "33333333-8598-5118-9f6d-5a45f4408403"})
+    d.backend.submit(runaway)
+    d.backend.submit(copy(d.spec("ft-azure-0000dcba"), tags=MANAGED))
+    d.finish("ft-azure-0000dcba")
+    later = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)  # the job was created on the 26th: 26 h ago
+    state, flow_log = storage.container("reaper"), storage.container("flows")
+    run = reap(d.backend, later, replace_policy(), flow_log=flow_log, state=state,
+               sleep=lambda s: d.fake.finish_operations())
+    acted = {(x.kind, x.name): (x.action, x.rule, run.outcomes.get(x.target)) for x in run.decisions}
+    assert acted == {("endpoint", name): ("keep", "not-expired", None),
+                     ("deployment", "v-1"): ("delete", "deployment-idle", "confirmed"),
+                     ("deployment", "v-2"): ("keep", "deployment-serving", None),
+                     ("job", "ft-azure-0000abcd"): ("cancel", "job-runaway", "confirmed")}
+    assert [x.name for x in d.backend.get_endpoint(name).deployments] == ["v-2"]
+    assert d.backend.get_job("ft-azure-0000abcd").status == "Canceled"
+    assert d.backend.get_job("ft-azure-0000dcba").status == "Completed"
+    reaped = {r["flow_id"][:8]: r["detail"]["kind"] for r in flows.read_all(flow_log) if r["stage"] == "reaped"}
+    assert reaped == {"11111111": "deployment", "33333333": "job"}
+    [audit] = [b.name for b in state.list_blobs(name_starts_with="audit/")]
+    records = [json.loads(line) for line in state.download_blob(audit).readall().splitlines()]
+    job_record = next(r for r in records if r["kind"] == "job")
+    assert job_record["cost_avoided_per_day"] == round(3.67 * 24, 2) and job_record["instance_hours_used"] >= 26
+    assert list(state.list_blobs(name_starts_with="pending/")) == []
+
+
+def replace_policy() -> ReaperPolicy:
+    from dataclasses import replace as copy
+    return copy(POLICY, rollback_window=timedelta(hours=1), job_max_runtime=timedelta(hours=24))

@@ -275,11 +275,9 @@ class AzureWorkspace:
         created = getattr(getattr(job, "creation_context", None), "created_at", None) or ""
         if hasattr(created, "isoformat"):
             created = (created if created.tzinfo else created.replace(tzinfo=timezone.utc)).isoformat()
-        settings_ = getattr(job, "settings", None)
-        compute = str(getattr(settings_, "default_compute", None) or getattr(job, "compute", None) or "")
         return JobInfo(name=job.name, status=_text(job.status), tags=dict(job.tags or {}),
                        output_uri=f"azureml://jobs/{job.name}/outputs/{pipeline.OUTPUT}", error=error,
-                       created_at=str(created), compute=compute)
+                       created_at=str(created), compute=_job_compute(job))
 
     def list_jobs(self, tags: dict) -> list[JobInfo]:
         """Jobs carrying all `tags`: the service filters by the first tag's key (`?tag=`), values are matched here."""
@@ -579,6 +577,27 @@ class AzureWorkspace:
         self._endpoint_entity(name)  # NotFound, as the local backend (without listing its deployments)
         with azure_errors(f"deleting endpoint {name}"):
             self.ws.online_endpoints.begin_delete(name=name).result()
+
+
+def _job_compute(job) -> str:
+    """What the fine-tune step runs on, for the cost of a runaway job: serverless, its instance type (the step's
+    `instance_type_finetune` input); else its compute cluster; "" when the job does not say."""
+    for step in (getattr(job, "jobs", None) or {}).values():
+        inputs = getattr(step, "inputs", None) or {}
+        compute, size = _input_value(inputs.get("compute_finetune")), _input_value(inputs.get("instance_type_finetune"))
+        if compute or size:
+            return size if compute in ("", "serverless") and size else compute
+    settings_ = getattr(job, "settings", None)
+    return str(getattr(settings_, "default_compute", None) or getattr(job, "compute", None) or "")
+
+
+def _input_value(value) -> str:
+    """A pipeline step input as azure-ai-ml gives it back: a plain value, or an object with `.value`/`._data`."""
+    for attr in ("value", "_data"):
+        inner = getattr(value, attr, None)
+        if inner is not None and not callable(inner):
+            return str(inner)
+    return "" if value is None else str(value)
 
 
 def _created_at(entity) -> str:
