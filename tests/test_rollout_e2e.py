@@ -14,7 +14,7 @@ from tests.conftest import invocations, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 DATASET = "e2e-rollout"
 FAULT = "Xyzzy-crash-marker"
-DONE = ("rolled-out", "rollout-failed", "superseded", "job-failed", "gate-failed", "deploy-failed", "refused")
+DONE = ("rolled-out", "rollout-failed", "superseded", "job-failed", "gate-failed", "deploy-failed", "refused", "reaped")
 
 
 @pytest.fixture
@@ -87,8 +87,10 @@ def test_versions_of_one_dataset_roll_out_into_one_endpoint_and_a_failed_one_nev
     assert third.stage == "rollout-failed", third.details
     assert "crashed" in third.details["smoke-failed"]["error"]
     assert "shifted" not in third.stage_times  # no live traffic ever went to it
+    failed = naming.deployment_name(third.model.split(":")[1])
+    # the verdict is written first, then the undoing: the failed deployment is deleted right after
+    wait_for(lambda: workspace.get_endpoint(name).deployment(failed) is None, 60, "the failed deployment's deletion")
     final = workspace.get_endpoint(name)
     assert final.traffic == {new: 100} and final.mirror_traffic == {}
-    assert final.deployment(naming.deployment_name(third.model.split(":")[1])) is None  # deleted
     assert (final.scoring_uri, workspace.key(name)) == (uri, key)
     assert invocations(host, "deploy", "Failed") == []  # a failed rollout is a verdict, not an error
