@@ -254,7 +254,7 @@ def print_verdict(console, verdict: Verdict, kills: list[dict]) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key in ("datasets", "kills", "flows_expected", "flows_exactly_once", "duplicates", "lost", "stuck", "orphans",
-                "refused_as_expected", "failed_as_documented", "wall_s"):
+                "refused_as_expected", "failed_as_documented", "rolled_out_over_a_previous", "wall_s"):
         table.add_row(key, str(getattr(verdict, key)))
     console.print(table)
     console.print("kills: " + ", ".join(f"{k['n']}:{k['target']}@{k['at']:.0f}s" for k in kills))

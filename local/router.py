@@ -6,8 +6,9 @@ routing: `POST /score` with `Authorization: Bearer <key>` (401 otherwise), then
 - otherwise live traffic is split by weight (`endpoint.json` `traffic`), 404 when no deployment has any;
 - `mirror` sends a copy of that share of the live requests to one deployment; its answers are discarded.
 Each answer carries `azureml-model-deployment`, the deployment that served it. A deployment that does
-not answer is a 502. Errors (5xx) per deployment are counted in `errors.json`, so a rollout can check the
-new deployment's live errors between its traffic steps.
+not answer is a 502. Errors (5xx) of live and mirrored requests are counted per deployment in
+`errors.json`, so a rollout can check the new deployment's live errors between its traffic steps; a
+request sent straight to one deployment (the rollout's own probes, checked on their own) is not counted.
 
 The routing table is read again whenever `endpoint.json` changes (written atomically by the workspace),
 so a traffic change applies to the next request, and no request sees half of one.
@@ -125,12 +126,14 @@ def make_handler(table: Table, key: str):
             if port is None:
                 return self._error(404, f"Deployment {chosen} not found for endpoint {record.get('name')}")
             headers = {"Content-Type": "application/json", "Authorization": auth}
-            try:
+            live = self.headers.get("azureml-model-deployment") is None  # a request sent straight to one is not
+            try:                                                           # live traffic (a rollout's probes)
                 status, data = forward(port, body, headers)
             except (OSError, http.client.HTTPException) as exc:
-                table.count_error(chosen)
+                if live:
+                    table.count_error(chosen)
                 return self._error(502, f"Bad gateway: deployment {chosen} did not answer ({exc})", chosen)
-            if status >= 500:
+            if status >= 500 and live:
                 table.count_error(chosen)
             self._reply(status, data, chosen)
 

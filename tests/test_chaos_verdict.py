@@ -208,8 +208,11 @@ def redrop_case():
 
 
 def test_a_redropped_dataset_rolls_its_second_version_into_the_same_endpoint():
-    v = run(*redrop_case())
+    plans, observed, seen = redrop_case()
+    observed.flows["d"][1]["details"]["rolled-out"] = {"previous": "v-6"}
+    v = run(plans, observed, seen)
     assert v.violations == [] and (v.flows_expected, v.flows_exactly_once) == (3, 3)
+    assert v.rolled_out_over_a_previous == 1
 
 
 def test_a_version_overtaken_by_a_later_drop_may_be_superseded_and_then_never_deployed():

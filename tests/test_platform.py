@@ -156,6 +156,19 @@ def test_a_killed_scoring_process_is_started_again_on_the_same_port(workspace, p
     scoring = workspace.endpoints / endpoint.name / "deployments" / "v-1"
     server, router = procs.info(scoring), procs.info(workspace.endpoints / endpoint.name)
     os.kill(server["pid"], signal.SIGKILL)
+    wait_for(lambda: not procs.process_alive(server), 30, "the scoring process to die")
+    counted = [workspace.deployment_errors(endpoint.name, "v-1")]
+    for deployment in ("v-1", None):  # a request straight to the deployment (a probe), then a live one
+        try:
+            workspace.invoke(endpoint.name, body, deployment=deployment)
+            failed = False
+        except Unavailable:  # the router answers 502 while the platform has not restarted it yet
+            failed = True
+        counted.append(workspace.deployment_errors(endpoint.name, "v-1"))
+        if deployment is not None:
+            assert counted[-1] == counted[-2], "a probe's 502 counted as a live error"
+        elif failed:
+            assert counted[-1] == counted[-2] + 1, "a live request's 502 not counted"
     os.kill(router["pid"], signal.SIGKILL)
 
     def answers():

@@ -38,6 +38,7 @@ class Verdict:
     orphans: int = 0
     refused_as_expected: int = 0
     failed_as_documented: int = 0  # flows whose job was killed in every attempt: job-failed, saying why
+    rolled_out_over_a_previous: int = 0  # versions rolled out in steps into an endpoint serving an earlier one
     wall_s: float = 0.0
     violations: list[dict] = field(default_factory=list)
 
@@ -225,6 +226,8 @@ def _judge_deployed(verdict, plan, flows, jobs, endpoints, observed, killed_jobs
                               after)
             continue
         verdict.flows_exactly_once += 1
+        if (flow["details"].get("rolled-out") or {}).get("previous"):
+            verdict.rolled_out_over_a_previous += 1
 
 
 GATE_FAILED_STAGES = ("prepared", "submitted", "registered", "gate-failed")
@@ -259,7 +262,8 @@ def _judge_gate_failed(verdict, plan, flows, jobs, endpoints, observed, killed_j
 
 
 def _errors(flow: dict) -> str:
-    errors = {stage: d.get("error") for stage, d in flow["details"].items() if isinstance(d, dict) and d.get("error")}
+    errors = {stage: d.get("error") or d.get("reason") for stage, d in flow["details"].items()
+              if isinstance(d, dict) and (d.get("error") or (stage.endswith("-failed") and d.get("reason")))}
     return f"errors {errors}" if errors else "no error recorded"
 
 
