@@ -25,7 +25,7 @@ Behaviour a test can rely on (and set):
 - The registry lists only active (not archived) versions unless asked `listViewType=All`, so
   `models.get(name, label="latest")` of an all-archived model raises the SDK's ValidationException.
 - Scoring like a managed endpoint: key auth (401), `azureml-model-deployment` or traffic routing,
-  only Succeeded deployments answer, `slow_answers = N` (408), `container_errors = N` (424, plain
+  only Succeeded deployments answer, `slow_answers = N` (408), `busy_answers = N` (429), `container_errors = N` (424, plain
   text), `fail_scoring_after = (deployment, n)` (that deployment answers n requests, then 424),
   `score_headers` (what each scoring request carried, key left out), and only the seed's request body `{"input_data": {"input_string": [conversation], ...}}`.
 - Model versions must be integers 1..2147483647.
@@ -133,6 +133,7 @@ HELP_LINE = ("\nPlease check this guide to understand why this error code might 
              "https://docs.microsoft.com/en-us/azure/machine-learning/how-to-troubleshoot-online-endpoints"
              "#http-status-codes\n")
 SCORE_TIMEOUT = "upstream request timeout" + HELP_LINE
+TOO_MANY_PENDING = "Too many pending requests" + HELP_LINE  # 429: the deployment's queue is full
 # What azureml-inference-server-http answers (500) when run() raises or the body is not what it
 # expects (its own tests assert this body); the frontdoor turns it into 424 + the help line.
 CONTAINER_ERROR = json.dumps({"message": "An unexpected error occurred in scoring script. Check the logs for more "
@@ -237,6 +238,7 @@ class FakeAzureML:
     fail_deployments: int = 0  # the next N deployment creations are accepted, then their operation fails
     grants: list | None = None  # ARM scope prefixes the caller holds a role on; default [self.scope]
     slow_answers: int = 0  # the next N scoring requests answer 408 (the model took too long)
+    busy_answers: int = 0  # the next N scoring requests answer 429 (too many pending requests)
     container_errors: int = 0  # the next N scoring requests answer 424 with a plain-text body
     fail_scoring_after: tuple | None = None  # (deployment, n): it answers n requests, then 424 to each one after
     # -- what happened -------------------------------------------------------------------------
@@ -841,6 +843,9 @@ class FakeAzureML:
         if self.slow_answers:
             self.slow_answers -= 1
             return 408, SCORE_TIMEOUT, routed
+        if self.busy_answers:  # more than 2 x max_concurrent_requests_per_instance x instances in flight
+            self.busy_answers -= 1
+            return 429, TOO_MANY_PENDING, routed
         failed = dict(routed, **{"ms-azureml-model-error-statuscode": "500",
                                  "ms-azureml-model-error-reason": "model_error"})
         if self.container_errors:

@@ -313,3 +313,15 @@ def test_a_call_straight_to_one_deployment_does_not_stick_to_the_calls_after_it(
     assert sent == ["v-2", None]
     d.backend.delete_deployment("tf-azure-00000001", "v-2")
     assert d.backend.invoke("tf-azure-00000001", request_body(CONVERSATION))["output"]  # the live split: v-1
+
+
+def test_too_many_pending_requests_is_worth_retrying():
+    """A managed deployment answers 429 once more than 2 x max_concurrent_requests_per_instance (1 by default)
+    x instances are in flight: a smoke probe beside mirrored or live traffic must retry, not fail the rollout."""
+    from shared.ml.base import Unavailable
+    d = driver()
+    deployed(d)
+    d.fake.busy_answers = 1
+    with pytest.raises(Unavailable, match="too many pending requests"):
+        d.backend.invoke("tf-azure-00000001", request_body(CONVERSATION), deployment="v-1")
+    assert d.backend.invoke("tf-azure-00000001", request_body(CONVERSATION), deployment="v-1")["output"]

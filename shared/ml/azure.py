@@ -534,7 +534,9 @@ class AzureWorkspace:
         with no deployment named, would go to the last one named (a smoke test's), or fail once it is deleted.
 
         Its answers at the scoring URI are not ARM's: 401 is the endpoint refusing its key (not a sign-in
-        failure), 408 a model still loading, 502-504 a container (re)starting; both worth a retry."""
+        failure), 408 a model still loading, 429 a deployment with too many requests in flight (mirrored or live
+        traffic beside a probe), 502-504 a container (re)starting: all worth a retry. 424 is the container's
+        own error (its status in `ms-azureml-model-error-statuscode`)."""
         from azure.core import PipelineClient
         from azure.core.exceptions import (ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError,
                                            ServiceResponseTimeoutError)
@@ -568,6 +570,8 @@ class AzureWorkspace:
             raise ServiceTimeout(f"{what}: no answer in time (408 {first}); the model may still be loading")
         if status in (502, 503, 504):
             raise Unavailable(f"{what}: {status} {first}: its container is (re)starting")
+        if status == 429:  # more requests in flight than 2 x max_concurrent_requests_per_instance x instances
+            raise Unavailable(f"{what}: 429 {first}: the deployment has too many pending requests")
         if status in (401, 403):
             raise MLError(f"{what}: the endpoint refused its key ({status} {first}): it may have been regenerated "
                           f"meanwhile; retry")
