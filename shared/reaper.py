@@ -63,7 +63,7 @@ from shared.contracts import (MANAGED_BY_VALUE, TAG_DO_NOT_DELETE, TAG_EXPIRES_A
                               TAG_TRAFFIC_CHANGED_AT)
 from shared.ml.base import (TERMINAL_JOB_STATES, DeploymentInfo, EndpointInfo, HasTraffic, JobInfo, MLBackend, NotFound,
                             Throttled)
-from shared.ttl import InvalidTTL, format_utc, parse_expires_at, parse_ttl
+from shared.ttl import format_utc, parse_expires_at
 
 log = logging.getLogger("tuneflow.reaper")
 TRANSITIONAL_STATES = ("creating", "updating", "deleting")
@@ -99,14 +99,9 @@ class ReaperPolicy:
             except (TypeError, ValueError):
                 raise settings.SettingError(f"TUNEFLOW_SKU_PRICES: the price of {sku!r} is {price!r}, not a number "
                                             f"per instance-hour; use e.g. {example}") from None
-        durations = {}
-        for name in ("TUNEFLOW_REAPER_GRACE", "TUNEFLOW_ROLLBACK_WINDOW", "TUNEFLOW_JOB_MAX_RUNTIME"):
-            try:
-                durations[name] = parse_ttl(settings.get(name))
-            except InvalidTTL as exc:
-                raise settings.SettingError(f"{name}: {exc}") from None
-        return cls(grace=durations["TUNEFLOW_REAPER_GRACE"], rollback_window=durations["TUNEFLOW_ROLLBACK_WINDOW"],
-                   job_max_runtime=durations["TUNEFLOW_JOB_MAX_RUNTIME"],
+        return cls(grace=settings.get_duration("TUNEFLOW_REAPER_GRACE"),
+                   rollback_window=settings.get_duration("TUNEFLOW_ROLLBACK_WINDOW"),
+                   job_max_runtime=settings.get_duration("TUNEFLOW_JOB_MAX_RUNTIME"),
                    max_deletes=settings.get_int("TUNEFLOW_REAPER_MAX_DELETES", 0),
                    max_delete_share=settings.get_float("TUNEFLOW_REAPER_MAX_DELETE_SHARE", 0.0, 1.0),
                    concurrency=settings.get_int("TUNEFLOW_REAPER_CONCURRENCY", 1), prices=prices)

@@ -39,21 +39,14 @@ class RolloutPolicy:
 
     @classmethod
     def from_settings(cls) -> "RolloutPolicy":
-        from shared.ttl import InvalidTTL, parse_ttl
-        durations = {}
-        for name in ("TUNEFLOW_ROLLOUT_STEP_WAIT", "TUNEFLOW_ROLLBACK_WINDOW"):
-            try:
-                durations[name] = parse_ttl(settings.get(name))
-            except InvalidTTL as exc:
-                raise settings.SettingError(f"{name}: {exc}") from None
         mirror = settings.get_int("TUNEFLOW_ROLLOUT_MIRROR_PCT", 0)
         if mirror > MAX_MIRROR_PCT:
             raise settings.SettingError(f"TUNEFLOW_ROLLOUT_MIRROR_PCT={mirror}: Azure mirrors at most "
                                         f"{MAX_MIRROR_PCT} % of the live traffic; use 0 to {MAX_MIRROR_PCT}")
         return cls(steps=parse_steps(settings.get("TUNEFLOW_ROLLOUT_STEPS")),
-                   step_wait=durations["TUNEFLOW_ROLLOUT_STEP_WAIT"], mirror_pct=mirror,
+                   step_wait=settings.get_duration("TUNEFLOW_ROLLOUT_STEP_WAIT"), mirror_pct=mirror,
                    probes=settings.get_int("TUNEFLOW_ROLLOUT_PROBES", 1),
-                   window=durations["TUNEFLOW_ROLLBACK_WINDOW"])
+                   window=settings.get_duration("TUNEFLOW_ROLLBACK_WINDOW"))
 
 
 def parse_steps(text: str) -> tuple[int, ...]:

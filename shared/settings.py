@@ -116,6 +116,15 @@ def get_json_object(name: str, example: str) -> dict:
     return value
 
 
+def get_duration(name: str):
+    """A setting in the TTL grammar (30m, 8h, 7d, 2w, PT8H) as a timedelta; a bad value names the setting."""
+    from shared.ttl import InvalidTTL, parse_ttl
+    try:
+        return parse_ttl(get(name))
+    except InvalidTTL as exc:
+        raise SettingError(f"{name}: {exc}") from None
+
+
 def get_bool(name: str) -> bool:
     raw = get(name).strip().lower()
     if raw not in ("true", "false", "1", "0", "yes", "no"):
