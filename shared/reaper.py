@@ -299,38 +299,49 @@ def plan(endpoints: list[EndpointInfo], now: datetime, policy: ReaperPolicy | No
 
 def delete_confirmed(backend: MLBackend, name: str, policy: ReaperPolicy,
                      sleep: Callable[[float], None] = time.sleep) -> tuple[str, int]:
-    """Delete and poll until gone; retry with back-off when throttled or when the endpoint stays.
-    (outcome, attempts): outcome is `confirmed`, `already-gone` or `unconfirmed`."""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            backend.delete_endpoint(name)
-        except NotFound:
-            return ("already-gone" if attempt == 1 else "confirmed"), attempt
-        except Throttled as exc:
-            sleep(exc.retry_after or min(2 ** attempt, 60))
-            continue
-        if _gone_within(backend, name, policy.confirm_timeout_s, sleep):
-            return "confirmed", attempt
-        log.warning("reaper: %s still exists after its delete was accepted (attempt %d)", name, attempt)
-    return "unconfirmed", policy.attempts
-
-
-def _gone_within(backend: MLBackend, name: str, timeout_s: float, sleep) -> bool:
+    """Delete an endpoint and poll until it is gone. (outcome, attempts): outcome is `confirmed`,
+    `already-gone` or `unconfirmed`."""
     def gone() -> bool:
         try:
             backend.get_endpoint(name)
         except NotFound:
             return True
         return False
-    return _confirmed(gone, timeout_s, sleep)
+    return _acted(lambda: backend.delete_endpoint(name), gone, policy, sleep, f"endpoint {name}")
 
 
 def delete_deployment_confirmed(backend: MLBackend, endpoint: str, deployment: str, policy: ReaperPolicy,
                                 sleep: Callable[[float], None] = time.sleep) -> tuple[str, int]:
     """As delete_confirmed, for one deployment; `refused` when it has traffic again (never forced)."""
+    def gone() -> bool:
+        try:
+            return backend.get_endpoint(endpoint).deployment(deployment) is None
+        except NotFound:
+            return True
+    return _acted(lambda: backend.delete_deployment(endpoint, deployment), gone, policy, sleep,
+                  f"deployment {endpoint}/{deployment}")
+
+
+def cancel_confirmed(backend: MLBackend, job: str, policy: ReaperPolicy,
+                     sleep: Callable[[float], None] = time.sleep) -> tuple[str, int]:
+    """Cancel a job and poll until it has ended; `already-gone` when it had ended (or no longer exists)."""
+    def ended() -> bool:
+        return backend.get_job(job).status in TERMINAL_JOB_STATES
+
+    def cancel() -> None:
+        if ended():
+            raise NotFound(f"job {job} has ended: nothing to cancel")
+        backend.cancel_job(job)
+    return _acted(cancel, ended, policy, sleep, f"job {job}")
+
+
+def _acted(act: Callable[[], None], done: Callable[[], bool], policy: ReaperPolicy, sleep,
+           what: str) -> tuple[str, int]:
+    """`act`, then poll `done` until true; retried with back-off when throttled, or when the service accepted
+    the action and nothing happened. NotFound from `act`: nothing (more) to do; HasTraffic: `refused`."""
     for attempt in range(1, policy.attempts + 1):
         try:
-            backend.delete_deployment(endpoint, deployment)
+            act()
         except NotFound:
             return ("already-gone" if attempt == 1 else "confirmed"), attempt
         except HasTraffic:
@@ -338,34 +349,10 @@ def delete_deployment_confirmed(backend: MLBackend, endpoint: str, deployment: s
         except Throttled as exc:
             sleep(exc.retry_after or min(2 ** attempt, 60))
             continue
-        if _confirmed(lambda: _deployment_gone(backend, endpoint, deployment), policy.confirm_timeout_s, sleep):
+        if _confirmed(done, policy.confirm_timeout_s, sleep):
             return "confirmed", attempt
+        log.warning("reaper: %s still there after the service accepted its removal (attempt %d)", what, attempt)
     return "unconfirmed", policy.attempts
-
-
-def cancel_confirmed(backend: MLBackend, job: str, policy: ReaperPolicy,
-                     sleep: Callable[[float], None] = time.sleep) -> tuple[str, int]:
-    """Cancel and poll until the job has ended; `already-gone` when it had ended (or no longer exists)."""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            if backend.get_job(job).status in TERMINAL_JOB_STATES:
-                return ("already-gone" if attempt == 1 else "confirmed"), attempt
-            backend.cancel_job(job)
-        except NotFound:
-            return "already-gone", attempt
-        except Throttled as exc:
-            sleep(exc.retry_after or min(2 ** attempt, 60))
-            continue
-        if _confirmed(lambda: backend.get_job(job).status in TERMINAL_JOB_STATES, policy.confirm_timeout_s, sleep):
-            return "confirmed", attempt
-    return "unconfirmed", policy.attempts
-
-
-def _deployment_gone(backend: MLBackend, endpoint: str, deployment: str) -> bool:
-    try:
-        return backend.get_endpoint(endpoint).deployment(deployment) is None
-    except NotFound:
-        return True
 
 
 def _confirmed(check: Callable[[], bool], timeout_s: float, sleep) -> bool:
