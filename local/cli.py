@@ -373,8 +373,8 @@ def cmd_endpoints_list(args) -> int:
 
 def _deployment_line(d) -> str:
     share = f"{d.traffic} %" + (f", mirror {d.mirror_traffic} %" if d.mirror_traffic else "")
-    state = "" if d.provisioning_state == "Succeeded" else f" {d.provisioning_state}"
-    return f"{d.name} {share} {d.model or ''} ({d.instance_type} x{d.instance_count}){state}".replace("  ", " ")
+    state = "" if d.provisioning_state == "Succeeded" else d.provisioning_state
+    return " ".join(part for part in (d.name, share, d.model, f"({d.instance_type} x{d.instance_count})", state) if part)
 
 
 def cmd_rollback(args) -> int:

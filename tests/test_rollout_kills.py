@@ -9,6 +9,7 @@ run it; the redelivery runs the same handler in this process, counting the traff
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from shared import naming
 from shared.ml.base import JobSpec
 from tests.conftest import ROOT, wait_for
+from tests.test_rollout_azure import _stages
 
 pytestmark = pytest.mark.integration
 VERSION = "0123456789abcdef"
@@ -103,16 +105,9 @@ def _killed_at(point: str, request) -> None:
             "from shared.settings import state_dir; "
             "handle_deploy(DeployRequest.model_validate_json(sys.argv[1]), LocalWorkspace(state_dir()), "
             "storage.container('prepared'), storage.container('flows'))")
-    import os
     proc = subprocess.run([sys.executable, "-c", code, request.model_dump_json()], cwd=ROOT, capture_output=True,
                           env={**os.environ, "TUNEFLOW_FAILPOINTS": point}, timeout=400)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
-
-
-def _stages(flow_id: str) -> dict:
-    from shared import flows, storage
-    return {(r["stage"], r.get("key", "")): r for r in flows.read_all(storage.container("flows"))
-            if r["flow_id"] == flow_id}
 
 
 @pytest.mark.parametrize("point, changes_left", STEPS, ids=[p for p, _ in STEPS])
