@@ -3,6 +3,7 @@ stage's hand-off latency is measured under that load, beside the one-at-a-time f
 bench/handoff_latency.py. Training is excluded (a few steps of the tiny model, and not a hand-off).
 
     python bench/load.py --datasets 50 [--out bench/results/load.json]
+    python bench/load.py --arrival-only      # the burst only: stop once every fine-tune request is enqueued
 
 Hand-offs as bench/handoffs.py defines them, from the host's own invocation records.
 Memory: the Functions host process's peak RSS (sampled every 0.2 s), and the peak of everything the
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench.chaos import SETTINGS  # noqa: E402
 from bench.chaoslib.stack import ChaosStack  # noqa: E402
 from bench.chaoslib.verdict import read_storage  # noqa: E402
-from bench.handoffs import STAGES, handoffs, percentile  # noqa: E402
+from bench.handoffs import STAGES, handoffs, percentile, ts  # noqa: E402
 
 DONE = ("reaped", "job-failed", "deploy-failed", "refused")
 
@@ -79,13 +80,46 @@ def finished(connection_string: str) -> int:
     return sum(1 for f in flows.summarize(records) if any(s in f.stage_times for s in DONE))
 
 
+def arrival_only(console, stack: ChaosStack, names: list[str], uploads: dict[str, float], started: float, args) -> int:
+    """Wait until every dataset's fine-tune request is enqueued (the host's invocation records), then report the
+    data_arrival hand-off of the burst; the stack is stopped by the caller."""
+    from bench.chaoslib.verdict import read_storage
+    from local.waiting import wait_for
+    log = stack.work / "invocations.jsonl"
+
+    def sent() -> dict[str, dict]:
+        first: dict[str, dict] = {}
+        for line in (log.read_text().splitlines() if log.exists() else []):
+            r = json.loads(line)
+            if r["function"] == "data_arrival" and r["outcome"] == "Succeeded" and r["outputs_sent_at"]:
+                first.setdefault(r["flow_id"], r)
+        return first
+    wait_for(lambda: len(sent()) >= len(names), args.deadline, "every dataset's fine-tune request", interval=0.5)
+    flows = read_storage(stack.connection_string)["flows"]
+    upload_of = {f["flow_id"]: uploads[n] for n in names for f in flows.get(n, [])}
+    values = [ts(r["outputs_sent_at"]) - upload_of[fid] for fid, r in sent().items() if fid in upload_of]
+    report = {"datasets": len(names), "flows": len(values), "wall_s": round(time.time() - started, 1),
+              "data_arrival": {"p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 0.95), 3),
+                               "max_s": round(max(values), 3)}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    d = report["data_arrival"]
+    console.print(f"{len(values)} of {len(names)} fine-tune requests enqueued; data_arrival p50 {d['p50_s']:.2f} s, "
+                  f"p95 {d['p95_s']:.2f} s, max {d['max_s']:.2f} s ({args.out})")
+    return 0 if len(values) == len(names) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=50)
     parser.add_argument("--rows", type=int, default=80)
     parser.add_argument("--deadline", type=float, default=3600)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
+    parser.add_argument("--out", default=None, help="default bench/results/load.json (load-arrival.json with "
+                                                    "--arrival-only)")
+    parser.add_argument("--arrival-only", action="store_true",
+                        help="measure the data_arrival hand-off of the burst only (seconds, not minutes)")
     args = parser.parse_args(argv)
+    args.out = args.out or str(ROOT / "bench" / "results" / ("load-arrival.json" if args.arrival_only else "load.json"))
     from azure.storage.blob import BlobServiceClient
     from rich.console import Console
     from rich.table import Table
@@ -119,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             for t in threads:
                 t.join(120)
+            if args.arrival_only:
+                return arrival_only(console, stack, names, uploads, started, args)
             console.print(f"{len(uploads)} datasets dropped at once in {time.time() - started:.1f} s; waiting for "
                           f"every flow (training, deploy, smoke test, reap)")
             with console.status("flows running") as status:
