@@ -56,7 +56,7 @@ def parse_steps(text: str) -> tuple[int, ...]:
         steps = tuple(int(part) for part in str(text).split(","))
     except ValueError:
         raise bad from None
-    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+    if not steps or steps[0] < 1 or steps[-1] != 100 or list(steps) != sorted(set(steps)):  # rising: 1..100
         raise bad
     return steps
 
@@ -86,7 +86,7 @@ def superseded_by(endpoint: EndpointInfo | None, started_at: str, exclude: str) 
     """A serving deployment whose flow began after this one's: rolling this one out would replace newer
     data with older (a late or reordered delivery). ISO 8601 UTC strings compare in time order."""
     current = serving(endpoint, exclude)
-    theirs = (current.tags or {}).get(TAG_FLOW_STARTED_AT, "") if current else ""
+    theirs = current and (current.tags or {}).get(TAG_FLOW_STARTED_AT)
     return current if theirs and started_at and theirs > started_at else None
 
 

@@ -13,9 +13,8 @@ from local import sampledata
 from shared.dataset import DatasetRefused, PrepareOptions, prepare
 from shared.rows import check_row
 from shared.sources import Source
+from tests.test_rows import BAD_ROWS, GOOD
 
-GOOD = {"prompt": "p", "prompt_id": "id1", "messages": [{"role": "user", "content": "hi"},
-                                                         {"role": "assistant", "content": "hello"}]}
 OPTS = PrepareOptions(test_fraction=0.2)
 
 
@@ -40,32 +39,7 @@ def jsonl(rows) -> bytes:
     return "\n".join(json.dumps(r) for r in rows).encode()
 
 
-# -- the row rules, per row and vectorized ----------------------------------------------------
-
-BAD_ROWS = [
-    ({**GOOD, "prompt": None}, "missing-prompt"),
-    ({**GOOD, "prompt_id": None}, "missing-prompt_id"),
-    ({**GOOD, "prompt_id": ""}, "bad-prompt-or-id"),
-    ({**GOOD, "messages": []}, "messages-not-a-non-empty-list"),
-    ({**GOOD, "messages": [{"role": "user", "content": None}]}, "message-without-role-or-content"),
-    ({**GOOD, "messages": [{"role": "bot", "content": "x"}]}, "unknown-role"),
-    ({**GOOD, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}, "empty-content"),
-    ({**GOOD, "messages": [{"role": "user", "content": "hi"}]}, "does-not-end-with-assistant"),
-]
-
-
-@pytest.mark.parametrize("row, reason", [
-    (GOOD, None), ({**GOOD, "extra": 1}, None),
-    ({**GOOD, "messages": [{"role": "system", "content": "s"}, *GOOD["messages"]]}, None),
-    ([1, 2], "not-an-object"),
-    ({k: v for k, v in GOOD.items() if k != "messages"}, "missing-messages"),
-    ({**GOOD, "messages": "user: hi"}, "messages-not-a-non-empty-list"),
-    ({**GOOD, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 3}]}, "empty-content"),
-    *BAD_ROWS,
-])
-def test_check_row(row, reason):
-    assert check_row(row, 10_000, 100) == reason
-
+# -- the row rules on a parquet file (every rule in both halves: tests/test_rows.py) -----------
 
 def test_vectorized_rules_give_the_same_reasons_as_the_row_rules(tmp_path):
     import pyarrow as pa
