@@ -79,5 +79,4 @@ def reason_expr(max_row_bytes: int):
         .when(~all_true(role.is_in(list(ROLES)))).then(pl.lit("unknown-role"))
         .when(~all_true(content.str.strip_chars().str.len_bytes() > 0)).then(pl.lit("empty-content"))
         .when(m.list.last().struct.field("role") != "assistant").then(pl.lit("does-not-end-with-assistant"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
+    )  # no `otherwise`: a good row's reason is null, and the column is a string one (tests/test_rows.py)

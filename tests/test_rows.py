@@ -89,11 +89,15 @@ def test_a_kept_row_keeps_only_what_the_fine_tune_reads():
     assert [list(m) for m in clean_row(row)["messages"]] == [["content", "role"]] * 3  # as the hub has them
 
 
+def text_bytes(value) -> int:
+    return len(value.encode()) if isinstance(value, str) else 0  # a null counts 0 bytes
+
+
 def json_size(row: dict) -> int:
     """A row's size as the vectorized rule counts it (text bytes plus the JSON punctuation allowance)."""
-    return (len(row["prompt"].encode()) + len(row["prompt_id"].encode()) + rows.ROW_OVERHEAD_BYTES
-            + sum(len(m["content"].encode()) + len(m["role"].encode()) + rows.MESSAGE_OVERHEAD_BYTES
-                  for m in row["messages"]))
+    return (text_bytes(row["prompt"]) + text_bytes(row["prompt_id"]) + rows.ROW_OVERHEAD_BYTES
+            + sum(text_bytes(m["content"]) + text_bytes(m["role"]) + rows.MESSAGE_OVERHEAD_BYTES
+                  for m in row["messages"] or ()))
 
 
 _EVALUATE = """
@@ -103,24 +107,53 @@ from shared.rows import polars_schema
 expr, table = sys.stdin.buffer.read().split(b"\\n", 1)
 frame = pl.DataFrame(json.loads(table), schema=polars_schema(), orient="row")
 reasons = frame.lazy().select(pl.Expr.deserialize(io.BytesIO(bytes.fromhex(expr.decode())), format="binary")).collect()
-print(json.dumps(reasons.to_series().to_list()))
+print(json.dumps([reasons.to_series().to_list(), str(reasons.to_series().dtype)]))
 """
 
 
-def vectorized_reasons(table: list[dict], max_row_bytes: int) -> list[str | None]:
-    """rows.reason_expr, built in this process, applied to `table` in a fresh interpreter (see the module doc)."""
+def vectorized(table: list[dict], max_row_bytes: int) -> tuple[list[str | None], str]:
+    """rows.reason_expr, built in this process, applied to `table` in a fresh interpreter (see the module doc):
+    the reasons and the column's type."""
     expr = rows.reason_expr(max_row_bytes).meta.serialize(format="binary").hex()
-    data = json.dumps([[r["prompt"], r["prompt_id"], r["messages"]] for r in table])
+    data = json.dumps([[r.get("prompt"), r.get("prompt_id"), r.get("messages")] for r in table])
     done = subprocess.run([sys.executable, "-c", _EVALUATE], input=f"{expr}\n{data}".encode(), capture_output=True,
                           timeout=120, check=True)
-    return json.loads(done.stdout)
+    reasons, dtype = json.loads(done.stdout)
+    return reasons, dtype
+
+
+def vectorized_reasons(table: list[dict], max_row_bytes: int) -> list[str | None]:
+    return vectorized(table, max_row_bytes)[0]
+
+
+def test_the_output_columns_are_what_the_fine_tune_component_reads():
+    import polars as pl  # dtypes only: no query runs in this process
+    assert rows.polars_schema() == {"prompt": pl.String, "prompt_id": pl.String,
+                                    "messages": pl.List(pl.Struct({"content": pl.String, "role": pl.String}))}
 
 
 def test_the_vectorized_rules_give_the_same_reason_as_the_row_rules_for_every_row():
     table = [GOOD, {**GOOD, "prompt": ""}, {**GOOD, "messages": [ASSISTANT]},
              {**GOOD, "messages": [{"role": "system", "content": "s"}, USER, ASSISTANT]}]
-    table += [row for row, _ in BAD_ROWS if isinstance(row.get("messages"), list)]
-    assert vectorized_reasons(table, 10_000) == [check_row(r, 10_000, 0) for r in table]  # sizes: the next test
+    table += [row for row, _ in BAD_ROWS] + [{**GOOD, "messages": None}]
+    assert vectorized_reasons(table, 10_000) == [check_row(r, 10_000, 0) for r in table]  # sizes: the next tests
+
+
+def test_a_table_of_good_rows_has_a_string_reason_column_all_null():
+    assert vectorized([GOOD, GOOD], 10_000) == ([None, None], "String")
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({**GOOD, "prompt": None}, "missing-prompt"),
+    ({**GOOD, "prompt_id": None}, "missing-prompt_id"),
+    ({**GOOD, "messages": None}, "missing-messages"),
+    ({**GOOD, "messages": [{"role": "user", "content": None}, ASSISTANT]}, "message-without-role-or-content"),
+    ({**GOOD, "messages": [{"role": None, "content": "hi"}, ASSISTANT]}, "message-without-role-or-content"),
+])
+def test_a_null_field_counts_no_bytes_toward_the_size_limit(row, reason):
+    """At a limit of exactly the row's size (its nulls counting nothing) the row is not too large: its reason
+    is the missing field."""
+    assert vectorized_reasons([row], json_size(row)) == [reason]
 
 
 @pytest.mark.parametrize("extra, reason", [(0, None), (1, "row-too-large")])
