@@ -106,8 +106,17 @@ def test_ignored_blobs():
     (lambda: naming.endpoint_name("ultrachat-200k", "sub/rg/WS"), "tf-ultrachat-200k-49d5febe"),
     (lambda: naming.endpoint_name("ultrachat-200k", "sub/rg/ws"), "tf-ultrachat-200k-49d5febe"),
     (lambda: naming.deployment_name("7"), "v-7"),
+    (lambda: naming.flow_id("ds", "v1", {}, gate="off"), "79f21420-c562-5c15-baa4-0897ab71457f"),
+    (lambda: naming.flow_id("ds", "v1", {}, 2, gate="off"), "72de392c-23ef-5b27-9440-fa9ed53d8dd0"),
+    (lambda: naming.flow_id("ds", "v1", {}, gate="on"), "e8436b39-bf01-556d-a9a8-74d891421130"),
+    (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}, gate="off"), "ft-ultrachat-cb3c730e"),
+    (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}, attempt=2, gate="off"), "ft-ultrachat-fcf83b2c"),
+    (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}, gate="on"), "ft-ultrachat-a9fe2a58"),
+    (lambda: naming.endpoint_name("a" * 30, "sub/rg/ws"), "tf-" + "a" * 18 + "-dab399c8"),  # the dataset cut at 18
+    (lambda: naming.prepared_uri("ds", "0123456789abcdef", "train.jsonl"), "prepared/ds/0123456789abcdef/train.jsonl"),
 ], ids=["canonical-json", "flow", "flow-retry", "job", "job-retry", "job-long-dataset", "endpoint", "endpoint-ws-case",
-        "deployment"])
+        "deployment", "flow-ungated", "flow-retry-ungated", "flow-gated", "job-ungated", "job-retry-ungated", "job-gated",
+        "endpoint-long-dataset", "prepared-uri"])
 def test_names_are_stable_across_releases(made, expected):
     assert made() == expected
 
@@ -126,6 +135,7 @@ def test_names_are_stable_across_releases(made, expected):
     ("d" * 64 + "/x.jsonl", "dataset name"),
     ("ds/a..b.jsonl", "file name 'a..b.jsonl'"),
     ("ds/x.txt", "file 'x.txt' has an unsupported type: use one of .jsonl, .jsonl.gz, .json, .parquet"),
+    ("ds/data/x.txt", "file 'x.txt' has an unsupported type: use one of .jsonl, .jsonl.gz, .json, .parquet"),
 ])
 def test_a_refused_blob_name_says_which_part_is_wrong_and_the_rule(blob, message):
     if message is None:
@@ -134,3 +144,23 @@ def test_a_refused_blob_name_says_which_part_is_wrong_and_the_rule(blob, message
     with pytest.raises(naming.InvalidName) as exc:
         naming.dataset_blob(blob)
     assert str(exc.value).startswith(message) if message.endswith(")") or "unsupported" in message else message in str(exc.value)
+
+
+# -- names from messages: refused in full, with the rule ----------------------------------------------
+@pytest.mark.parametrize("check, value, message", [
+    (naming.check_dataset, "ultrachat_200k", None),
+    (naming.check_dataset, "a..b", "dataset name 'a..b' is not allowed (^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$)"),
+    (naming.check_dataset, "bad name", "dataset name 'bad name' is not allowed (^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$)"),
+    (naming.check_version, "0123456789abcdef", None),
+    (naming.check_version, "0123456789ABCDEF", "dataset version '0123456789ABCDEF' is not 16 lowercase hex digits"),
+    (naming.deployment_name, "0", "model version '0' is not an integer 1..2147483647"),
+    (lambda v: naming.prepared_prefix(v, "0123456789abcdef"), "../x", "dataset name '../x' is not allowed"),
+    (lambda v: naming.prepared_prefix("ds", v), "v1", "dataset version 'v1' is not 16 lowercase hex digits"),
+])
+def test_a_name_from_a_message_is_checked_before_use(check, value, message):
+    if message is None:
+        assert check(value) == value
+        return
+    with pytest.raises(naming.InvalidName) as refused:
+        check(value)
+    assert str(refused.value).startswith(message)
