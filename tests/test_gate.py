@@ -68,6 +68,16 @@ def test_the_verdict_carries_its_figures():
     assert "serving_model" not in judge(ev()).figures
 
 
+@pytest.mark.parametrize("eval_loss, base, improvement", [
+    (0.3, 0.6, 0.5),  # losses below 1 are the usual case
+    (1.0, 3.0, 0.666667),  # six decimals
+    (2.5, 2.0, -0.25),
+    (1.0, 0.0, None),  # no relative figure against a zero baseline
+])
+def test_the_improvement_figure(eval_loss, base, improvement):
+    assert judge(ev(eval_loss=eval_loss, base=base)).figures.get("improvement") == improvement
+
+
 def test_rules_are_data_in_the_documented_order():
     assert [r.name for r in gate.RULES] == ["switched-off", "metrics-late", "metrics-missing", "not-finite",
                                             "no-improvement", "worse-than-serving", "passed"]

@@ -114,9 +114,12 @@ def test_ignored_blobs():
     (lambda: naming.job_name("ultrachat", "v1", {"lr": 1}, gate="on"), "ft-ultrachat-a9fe2a58"),
     (lambda: naming.endpoint_name("a" * 30, "sub/rg/ws"), "tf-" + "a" * 18 + "-dab399c8"),  # the dataset cut at 18
     (lambda: naming.prepared_uri("ds", "0123456789abcdef", "train.jsonl"), "prepared/ds/0123456789abcdef/train.jsonl"),
+    (lambda: naming.model_version("ft-ultrachat-a9fe2a58"), "1604322783"),
+    (lambda: naming.model_name("Phi-3-mini-4k-instruct", "ultrachat_200k"), "Phi-3-mini-4k-instruct-ultrachat-200k"),
+    (lambda: naming.model_name("Phi-3 mini/4k Instruct", "u" * 45), "Phi-3-mini-4k-Instruct-" + "u" * 40),
 ], ids=["canonical-json", "flow", "flow-retry", "job", "job-retry", "job-long-dataset", "endpoint", "endpoint-ws-case",
         "deployment", "flow-ungated", "flow-retry-ungated", "flow-gated", "job-ungated", "job-retry-ungated", "job-gated",
-        "endpoint-long-dataset", "prepared-uri"])
+        "endpoint-long-dataset", "prepared-uri", "model-version", "model-name", "model-name-odd-characters"])
 def test_names_are_stable_across_releases(made, expected):
     assert made() == expected
 
@@ -164,3 +167,15 @@ def test_a_name_from_a_message_is_checked_before_use(check, value, message):
     with pytest.raises(naming.InvalidName) as refused:
         check(value)
     assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("text, limit, slug", [
+    ("UltraChat_200k", 40, "ultrachat-200k"),
+    ("--a  b--", 10, "a-b"),            # runs of other characters are one hyphen, none at either end
+    ("abc-def", 4, "abc"),              # cut at the limit, then no trailing hyphen
+    ("--a  b--", 3, "a-b"),             # the limit counts what is left after the leading hyphens go
+    ("!!!", 5, "x"),                    # nothing left: a placeholder, never an empty name part
+    ("", 5, "x"),
+])
+def test_slug(text, limit, slug):
+    assert naming.slug(text, limit) == slug
