@@ -1,10 +1,12 @@
 """Decisions on the published event shapes (../shared/reference/events)."""
 
 import copy
+import json
+from dataclasses import astuple
 
 import pytest
 
-from shared.events import InvalidEvent, decide, explain_all, normalize
+from shared.events import Decision, Event, InvalidEvent, decide, explain_all, normalize, read_events
 from tests.conftest import reference_events
 
 
@@ -13,17 +15,49 @@ def _first(name):
     return data[0] if isinstance(data, list) else data
 
 
-@pytest.mark.parametrize("file, action, job", [
-    ("ml-pipeline-run-completed.eventgrid.json", "register", "ft-ultrachat-3f9a1c2b"),
-    ("ml-pipeline-run-completed.cloudevent.json", "register", "ft-ultrachat-3f9a1c2b"),
-    ("ml-pipeline-run-failed.eventgrid.json", "record-failure", "ft-ultrachat-77aa01de"),
-    ("ml-step-run-completed.eventgrid.json", "ignore", "0d4e2a77-91b3-4c08-b1f2-6a7e5d3c2b10"),
-    ("subscription-validation.eventgrid.json", "validate", ""),
-    ("storage-blob-created.eventgrid.json", "ignore", ""),
+def _in_full(decision: Decision) -> tuple:
+    """Every field, `at` too (Decision's equality leaves it out: a redelivery keeps the event's time)."""
+    return astuple(decision)
+
+
+@pytest.mark.parametrize("file, expected", [
+    ("ml-pipeline-run-completed.eventgrid.json",
+     Decision("register", "ft-ultrachat-3f9a1c2b", "pipeline run completed", "c0ffee01-0000-4000-8000-000000000001",
+              "Completed", "2026-11-20T10:42:13.1234567Z")),
+    ("ml-pipeline-run-completed.cloudevent.json",
+     Decision("register", "ft-ultrachat-3f9a1c2b", "pipeline run completed", "c0ffee01-0000-4000-8000-000000000001",
+              "Completed", "2026-11-20T10:42:13.1234567Z")),
+    ("ml-pipeline-run-failed.eventgrid.json",
+     Decision("record-failure", "ft-ultrachat-77aa01de", "pipeline run failed", "c0ffee01-0000-4000-8000-000000000002",
+              "Failed", "2026-11-20T11:05:40.0000000Z")),
+    ("ml-step-run-completed.eventgrid.json",
+     Decision("ignore", "0d4e2a77-91b3-4c08-b1f2-6a7e5d3c2b10",
+              "run type 'azureml.StepRun' is not a pipeline run (a step of ft-ultrachat-3f9a1c2b)")),
+    ("subscription-validation.eventgrid.json", Decision("validate", "", "subscription validation handshake")),
+    ("storage-blob-created.eventgrid.json",
+     Decision("ignore", "", "event type Microsoft.Storage.BlobCreated is not an Azure ML run event")),
 ])
-def test_reference_events(file, action, job):
-    decision = decide(normalize(_first(file)))
-    assert (decision.action, decision.job) == (action, job)
+def test_reference_events(file, expected):
+    assert _in_full(decide(normalize(_first(file)))) == _in_full(expected)
+
+
+WORKSPACE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-demo/providers/"
+             "Microsoft.MachineLearningServices/workspaces/mlw-demo")
+RUNS = "experiments/5b9d3c1e-7f0a-4d1e-9a55-2f1c0b7e8a11/runs/"
+
+
+@pytest.mark.parametrize("raw, subject, time, source", [
+    (_first("ml-pipeline-run-completed.eventgrid.json"), RUNS + "ft-ultrachat-3f9a1c2b", "2026-11-20T10:42:13.1234567Z",
+     WORKSPACE),  # Event Grid: eventType, eventTime, topic
+    (_first("ml-pipeline-run-completed.cloudevent.json"), RUNS + "ft-ultrachat-3f9a1c2b", "2026-11-20T10:42:13.1234567Z",
+     WORKSPACE),  # CloudEvents: type, time, source
+    (_first("subscription-validation.eventgrid.json"), "", "2026-11-20T09:00:00.0000000Z",
+     "/subscriptions/00000000-0000-0000-0000-000000000000"),
+    ({"specversion": "1.0", "id": "1", "type": "T"}, "", "", ""),  # optional fields absent: empty, not made up
+])
+def test_normalize_reads_the_fields_of_either_schema(raw, subject, time, source):
+    assert normalize(raw) == Event(id=raw["id"], type=raw.get("eventType") or raw["type"], subject=subject, time=time,
+                                   data=raw.get("data", {}), source=source)
 
 
 def test_step_run_names_its_parent():
@@ -50,11 +84,19 @@ def test_runs_of_other_tools_are_ignored():
     assert d.action == "ignore" and "managed-by" in d.reason
 
 
-@pytest.mark.parametrize("raw", [[], "x", {}, {"eventType": ""}, {"specversion": "1.0", "id": "1"},
-                                 {"eventType": "T", "id": "1", "data": "text"}])
-def test_malformed_events_are_refused(raw):
-    with pytest.raises(InvalidEvent):
+@pytest.mark.parametrize("raw, message", [  # explain-event prints these ("invalid event: ...")
+    ([], "an event must be a JSON object, got list"),
+    ("x", "an event must be a JSON object, got str"),
+    ({}, "not an event: neither Event Grid (eventType) nor CloudEvents (specversion) schema"),
+    ({"eventType": ""}, "event lacks id, eventType"),
+    ({"specversion": "1.0"}, "event lacks id, type"),
+    ({"specversion": "1.0", "id": "1"}, "event lacks type"),
+    ({"eventType": "T", "id": "1", "data": "text"}, "event data must be a JSON object"),
+])
+def test_malformed_events_are_refused(raw, message):
+    with pytest.raises(InvalidEvent) as refused:
         normalize(raw)
+    assert str(refused.value) == message
 
 
 # -- as Azure publishes them -------------------------------------------------------------------
@@ -82,12 +124,15 @@ PUBLISHED_STATUS_CHANGED = {
     "metadataVersion": "1",
 }
 PUBLISHED_JOB = PUBLISHED_STATUS_CHANGED["data"]["runId"]
+PUBLISHED_TIME = PUBLISHED_STATUS_CHANGED["eventTime"]
 OUR_TAGS = {"managed-by": "tuneflow", "flow-id": "c0ffee01-0000-4000-8000-000000000003"}
+OUR_FLOW = OUR_TAGS["flow-id"]
 
 
 def published(event_type="RunStatusChanged", status="failed", pascal=False, ours=True, run_type=None,
-              runsource="azureml.PipelineRun", data_version=""):
-    """The published sample, as one of our pipeline runs (tags, runsource) unless told otherwise."""
+              runsource="azureml.PipelineRun", data_version="", **data_keys):
+    """The published sample, as one of our pipeline runs (tags, runsource) unless told otherwise;
+    `data_keys` replace data keys (e.g. runId=None), before any PascalCase."""
     event = copy.deepcopy(PUBLISHED_STATUS_CHANGED)
     event["eventType"] = f"Microsoft.MachineLearningServices.{event_type}"
     event["dataVersion"] = data_version
@@ -100,6 +145,7 @@ def published(event_type="RunStatusChanged", status="failed", pascal=False, ours
         del data["runStatus"]
     else:
         data["runStatus"] = status
+    data.update(data_keys)
     if pascal:
         event["data"] = {key[0].upper() + key[1:]: value for key, value in data.items()}
     return event
@@ -137,6 +183,31 @@ def test_published_event_shapes(event, action, status, words):
     assert words in decision.reason
     if action != "ignore":
         assert (decision.job, decision.flow_id) == (PUBLISHED_JOB, OUR_TAGS["flow-id"])
+
+
+@pytest.mark.parametrize("event, expected", [
+    # not a pipeline run: no parent named when the run has none; the flow tag is still read
+    (published(ours=False), Decision("ignore", PUBLISHED_JOB, "run type None is not a pipeline run")),
+    (published(run_type="azureml.StepRun", runsource="azureml.StepRun"),
+     Decision("ignore", PUBLISHED_JOB, "run type 'azureml.StepRun' is not a pipeline run", OUR_FLOW)),
+    # another tool's pipeline run, and one of ours without a runId
+    (published(runTags={"managed-by": "someone-else", "flow-id": OUR_FLOW}),
+     Decision("ignore", PUBLISHED_JOB, "run is not tagged managed-by=tuneflow", OUR_FLOW)),
+    (published(runId=None), Decision("ignore", "", "event has no runId", OUR_FLOW)),
+    # terminal: the decision carries the event's time (the gate's metrics wait counts from it)
+    (published(event_type="RunCompleted"),
+     Decision("register", PUBLISHED_JOB, "pipeline run completed", OUR_FLOW, "Completed", PUBLISHED_TIME)),
+    (published(status="completed"),
+     Decision("register", PUBLISHED_JOB, "pipeline run completed (status change)", OUR_FLOW, "Completed", PUBLISHED_TIME)),
+    (published(), Decision("record-failure", PUBLISHED_JOB, "pipeline run failed", OUR_FLOW, "Failed", PUBLISHED_TIME)),
+    (published(status="CANCELED"),
+     Decision("record-failure", PUBLISHED_JOB, "pipeline run canceled", OUR_FLOW, "Canceled", PUBLISHED_TIME)),
+    # not terminal: the status as sent, or "unknown" in the reason when there is none
+    (published(status="running"), Decision("ignore", PUBLISHED_JOB, "status running is not terminal", OUR_FLOW, "running")),
+    (published(status=None), Decision("ignore", PUBLISHED_JOB, "status unknown is not terminal", OUR_FLOW, "")),
+])
+def test_each_rule_decides_in_full(event, expected):
+    assert _in_full(decide(normalize(event))) == _in_full(expected)
 
 
 def test_pascal_case_step_run_still_names_its_parent():
@@ -187,7 +258,18 @@ def test_both_trigger_types_reach_the_same_decision(raw, schema):
     from shared.events import from_trigger
     event = _decoded(raw if schema == "eventgrid" else _as_cloudevent(raw))
     assert isinstance(event, EventGridEvent if schema == "eventgrid" else CloudEvent)
-    assert decide(from_trigger(event)) == decide(normalize(raw))
+    decoded, direct = from_trigger(event), normalize(raw)
+    assert decide(decoded) == decide(direct)
+    # the same fields too (the time differs only in spelling: the converter parses it)
+    assert (decoded.id, decoded.type, decoded.subject, decoded.source, decoded.data) == \
+           (direct.id, direct.type, direct.subject, direct.source, direct.data)
+
+
+@pytest.mark.parametrize("raw", [{"id": "1", "eventType": "T", "subject": "s", "topic": "/x", "data": {}},
+                                 {"specversion": "1.0", "id": "1", "type": "T", "subject": "s", "source": "/x", "data": {}}])
+def test_a_trigger_event_without_a_time_has_an_empty_time(raw):
+    from shared.events import from_trigger
+    assert from_trigger(_decoded(raw)) == Event(id="1", type="T", subject="s", time="", data={}, source="/x")
 
 
 def test_the_published_cloudevent_decodes_to_a_registration():
@@ -266,3 +348,36 @@ def test_explain_all_keeps_a_failure_as_the_terminal_status_and_reads_on_after_i
     assert out[1]["reason"] == f"stale: job already failed (event {failed['id']})"
     assert out[2]["reason"] == f"the same outcome reported again: job already failed (event {failed['id']})"
     assert out[3]["reason"] == f"repeat of event {failed['id']}"
+
+
+# -- explain-event's input file ------------------------------------------------------------------
+
+COMPLETED, FAILED = _first("ml-pipeline-run-completed.eventgrid.json"), _first("ml-pipeline-run-failed.eventgrid.json")
+
+
+@pytest.mark.parametrize("text, events", [
+    (json.dumps(COMPLETED), [COMPLETED]),  # one event object
+    (json.dumps([COMPLETED, FAILED]), [COMPLETED, FAILED]),  # an array, as Event Grid delivers
+    (f"{json.dumps(COMPLETED)}\n\n{json.dumps(FAILED)}\n", [COMPLETED, FAILED]),  # JSON Lines, blank lines skipped
+    ("\ufeff" + json.dumps([COMPLETED]), [COMPLETED]),  # with the byte order mark Windows editors write
+])
+def test_read_events_reads_an_object_an_array_or_json_lines(tmp_path, text, events):
+    path = tmp_path / "events.json"
+    path.write_text(text, encoding="utf-8")
+    assert read_events(path) == events
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "{path} holds no events"),
+    ("\n  \n", "{path} holds no events"),
+    ("[]", "{path} holds no events"),
+    ("{}", "{path} holds no events"),
+    (json.dumps(COMPLETED) + "\nnot json\n", "{path} is not JSON (Expecting value: line 1 column 1 (char 0)): "
+                                              "give an event object, an array of events or JSON Lines"),
+])
+def test_read_events_refuses_a_file_without_events(tmp_path, text, message):
+    path = tmp_path / "events.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InvalidEvent) as refused:
+        read_events(path)
+    assert str(refused.value) == message.format(path=path)

@@ -28,6 +28,8 @@ def rec(stage: str, minute: int, flow: str = "f1", **fields) -> dict:
                  id="same-position-later-wins"),
     pytest.param([rec("deployed", 4, endpoint="e1"), rec("extended", 5), rec("extended", 8)], "extended",
                  {"endpoint": "e1"}, id="extended"),
+    pytest.param([rec("registered", 3, model="m:1"), {"flow_id": "f1", "stage": "job-failed"}], "registered",
+                 {"model": "m:1"}, id="untimed-record-is-earliest-of-its-position"),
 ])
 def test_summary_is_the_furthest_stage_with_every_field(records, stage, fields):
     (status,) = flows.summarize(records)
@@ -124,6 +126,12 @@ def test_a_waiting_row_and_its_note():
     ("prepared", "not a dict", ""),
     ("waiting", {"files": []}, "waits for "),
     ("registered", None, ""),
+    ("gate-failed", {"reason": "eval_loss 1.9 is not below 1.8", "error": "x"}, "eval_loss 1.9 is not below 1.8"),
+    ("rollout-failed", {"reason": "smoke test: endpoint answered 424"}, "smoke test: endpoint answered 424"),
+    ("superseded", {"reason": "e1 already serves m:3 of flow f9"}, "e1 already serves m:3 of flow f9"),
+    ("rolled-back", {"reason": "rolled back by hand: from d2 to d1"}, "rolled back by hand: from d2 to d1"),
+    ("superseded", {"reason": "r" * 200}, "r" * 120),
+    ("rollout-failed", {"error": "no reason field"}, ""),
 ])
 def test_notes(stage, detail, note):
     status = flows.FlowStatus(flow_id="f", stage=stage, details={stage: detail} if detail is not None else {})
@@ -138,3 +146,98 @@ def test_summary_orders_by_stage_then_time_and_keeps_each_stage_time():
     assert status.stage_times == {"mystery": rec("x", 8)["at"], "prepared": "", "deployed": rec("x", 4)["at"],
                                   "reaped": rec("x", 9)["at"]}
     assert list(status.stage_times) == ["mystery", "prepared", "deployed", "reaped"]
+
+
+@pytest.mark.parametrize("details, eval_loss, base_eval_loss", [
+    pytest.param({"gate-passed": {"verdict": "passed", "eval_loss": 1.25, "base_eval_loss": 1.5},
+                  "registered": {"metrics": {"eval_loss": 1.3, "base_eval_loss": 1.6}}}, 1.25, 1.5,
+                 id="the-gate-figures-stand"),
+    pytest.param({"gate-failed": {"verdict": "failed", "eval_loss": 2, "base_eval_loss": 1.5},
+                  "registered": {"metrics": {"eval_loss": 1.3, "base_eval_loss": 1.6}}}, 2, 1.5,
+                 id="a-failed-gate-figures-stand-ints-too"),
+    pytest.param({"registered": {"metrics": {"eval_loss": 1.3, "base_eval_loss": 1.6}}}, 1.3, 1.6,
+                 id="before-the-gate-the-job-figures"),
+    pytest.param({"gate-passed": {"verdict": "off", "eval_loss": True, "base_eval_loss": "1.5"},
+                  "registered": {"metrics": {"eval_loss": 0.9, "base_eval_loss": None}}}, 0.9, None,
+                 id="a-gate-non-number-falls-back-to-the-job"),
+    pytest.param({"registered": {"metrics": {"eval_loss": "nan", "base_eval_loss": False}}}, None, None,
+                 id="job-non-numbers-are-none"),
+    pytest.param({"registered": {"rows": 3}}, None, None, id="no-metrics"),
+    pytest.param({}, None, None, id="no-details"),
+])
+def test_metrics_are_the_gate_figures_else_the_job_figures(details, eval_loss, base_eval_loss):
+    status = flows.FlowStatus(flow_id="f", stage="registered", details=details)
+    row = status.as_dict()
+    assert (row["eval_loss"], row["base_eval_loss"]) == (eval_loss, base_eval_loss)
+    assert (status.metric("eval_loss"), status.metric("base_eval_loss")) == (eval_loss, base_eval_loss)
+
+
+@pytest.mark.parametrize("stage, at, key, name", [
+    ("registered", "", "", "f1/3-registered.json"),
+    ("registered", "2026-12-01T10:00:00.000+00:00", "010", "f1/3-registered.json"),  # neither time nor key named
+    ("gate-failed", "", "", "f1/4-gate.json"),  # a slot: one record for either verdict
+    ("superseded", "", "", "f1/9-rollout.json"),
+    ("extended", "2026-12-01T10:00:00.000+00:00", "", "f1/5-extended-2026-12-01T100000.000+0000.json"),
+    ("shifted", "", "010", "f1/8-shifted-010.json"),
+])
+def test_record_names_are_stable(stage, at, key, name):
+    assert flows.record_name("f1", stage, at, key) == name
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage, key, fields", [
+    pytest.param("registered", "", {"model": "m:1"}, id="plain"),
+    pytest.param("shifted", "010", {"endpoint": "e"}, id="keyed"),
+    pytest.param("shifted", "", {}, id="keyed-without-key"),
+    pytest.param("gate-passed", "", {"detail": {"verdict": "passed"}}, id="slot"),
+])
+def test_a_record_reads_back_by_the_same_arguments_and_only_for_its_flow(storage_env, stage, key, fields):
+    from shared import storage
+    log = storage.container("flows")
+    by = {"key": key} if key else {}  # no key: the arguments' defaults
+    body = flows.record(log, "f1", stage, **by, **fields)
+    assert body == {"flow_id": "f1", "stage": stage, "at": body["at"], **fields, **by}
+    assert flows.get(log, "f1", stage, **by) == body and flows.reached(log, "f1", stage, **by)
+    assert flows.get(log, "f2", stage, **by) is None and not flows.reached(log, "f2", stage, **by)
+    if key:  # another key is another record
+        assert flows.get(log, "f1", stage, key="020") is None and not flows.reached(log, "f1", stage, key="020")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("first, second, other", [
+    ("gate-failed", "gate-passed", "gate-passed"),
+    ("rolled-out", "superseded", "rollout-failed"),
+    ("superseded", "rollout-failed", "rolled-out"),
+])
+def test_the_first_decision_stands_for_its_flow_only(storage_env, first, second, other):
+    from shared import storage
+    log = storage.container("flows")
+    standing = flows.decide_once(log, "f1", first, model="m:1", detail={"reason": "first"})
+    assert standing == {"flow_id": "f1", "stage": first, "at": standing["at"], "model": "m:1",
+                        "detail": {"reason": "first"}}
+    assert datetime.fromisoformat(standing["at"]).tzinfo is not None
+    assert flows.decide_once(log, "f1", second, model="m:1", detail={"reason": "second"}) == standing
+    assert flows.get(log, "f1", second) == standing and flows.get(log, "f1", first) == standing
+    theirs = flows.decide_once(log, "f2", other, detail={"reason": "theirs"})
+    assert theirs["stage"] == other and flows.get(log, "f2", first) == theirs
+    assert flows.get(log, "f1", first) == standing
+
+
+def _at(minute: int) -> str:
+    return (T + timedelta(minutes=minute)).isoformat(timespec="milliseconds")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("blobs, start", [
+    pytest.param({"1-prepared.json": 0, "2-submitted.json": 1, "3-registered.json": 2}, _at(0), id="prepared"),
+    pytest.param({"2-submitted.json": 1, "3-registered.json": 2}, _at(1), id="begun-by-submit"),
+    pytest.param({"1-prepared.json": None, "3-registered.json": 2}, "", id="untimed"),
+    pytest.param({}, "", id="no-records"),
+])
+def test_a_flow_starts_at_its_earliest_prepared_or_submitted_record(storage_env, blobs, start):
+    from shared import storage
+    log = storage.container("flows")
+    for name, minute in blobs.items():
+        storage.put_json(log, f"f1/{name}", {"flow_id": "f1", **({"at": _at(minute)} if minute is not None else {})})
+    storage.put_json(log, "f10/1-prepared.json", {"flow_id": "f10", "at": _at(-60)})  # its id starts alike
+    assert flows.started_at(log, "f1") == start
