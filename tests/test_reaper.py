@@ -530,3 +530,203 @@ def test_an_idle_deployment_is_deleted_and_a_runaway_job_canceled_through_the_az
 def replace_policy() -> ReaperPolicy:
     from dataclasses import replace as copy
     return copy(POLICY, rollback_window=timedelta(hours=1), job_max_runtime=timedelta(hours=24))
+
+
+# -- every decision in full: what the audit and `tuneflow endpoints` show ------------------------------
+
+def _f(state="Failed", name="demo"):
+    return DeploymentInfo(name, "x", 1, state)
+
+
+DECISIONS_IN_FULL = [
+    # (tags, endpoint state, deployments, created_at, (action, rule, reason, expires_at, seconds_left))
+    ({"expires-at": "2026-11-25T11:00:00Z"}, "Succeeded", DEMO, "",
+     ("keep", "not-managed", "not tagged managed-by=tuneflow", "2026-11-25T11:00:00Z", -3600)),
+    ({**expiring("2026-11-25T11:00:00Z"), "do-not-delete": " True "}, "Succeeded", DEMO, "",
+     ("keep", "do-not-delete", "tagged do-not-delete=true", "2026-11-25T11:00:00Z", -3600)),
+    ({"managed-by": " TuneFlow ", **expiring("2026-11-25T11:00:00Z")}, "Updating", DEMO, "",
+     ("keep", "in-transition", "provisioning state is Updating", "2026-11-25T11:00:00Z", -3600)),
+    (expiring("2026-11-25T11:00:00Z"), "Succeeded", (_f("Creating", "v-1"), _f("Succeeded", "v-2"), _f("deleting", "v-3")),
+     "", ("keep", "in-transition", "deployment v-1 Creating, v-3 deleting", "2026-11-25T11:00:00Z", -3600)),
+    (expiring("2026-11-25T11:00:00+00:00"), "Succeeded", DEMO, "",
+     ("delete", "expired", "expired at 2026-11-25T11:00:00Z", "2026-11-25T11:00:00Z", -3600)),
+    (expiring("2026-11-25T13:00:00Z"), "Succeeded", (), "2026-11-25T11:00:00Z",
+     ("delete", "broken", "no deployment for 3600 s (grace 1800 s)", "2026-11-25T13:00:00Z", 3600)),
+    (expiring("2026-11-25T13:00:00Z"), "Succeeded", (), "2026-11-25T11:30:00Z",  # exactly the grace
+     ("delete", "broken", "no deployment for 1800 s (grace 1800 s)", "2026-11-25T13:00:00Z", 3600)),
+    (expiring("2026-11-25T13:00:00Z"), "Canceled", DEMO, "2026-11-25T11:00:00Z",
+     ("delete", "broken", "endpoint provisioning Canceled with no traffic for 3600 s (grace 1800 s)",
+      "2026-11-25T13:00:00Z", 3600)),
+    (expiring("2026-11-25T13:00:00Z"), "Succeeded", (_f("Failed", "v-1"), _f("canceled", "v-2")), "2026-11-25T11:00:00Z",
+     ("delete", "broken", "deployment v-1, v-2 failed for 3600 s (grace 1800 s)", "2026-11-25T13:00:00Z", 3600)),
+    (expiring("2026-11-25T13:00:00Z"), "Succeeded", (_f("Failed", "v-1"), _f("Succeeded", "v-2")), "2026-11-25T11:00:00Z",
+     ("keep", "not-expired", "3600 s left", "2026-11-25T13:00:00Z", 3600)),  # one still works: not broken
+    (expiring("2026-11-25T13:00:00Z"), "Succeeded", (), "2026-11-25T11:45:00Z",
+     ("keep", "broken-grace", "no deployment; 900 s of grace left", "2026-11-25T13:00:00Z", 3600)),
+    (expiring("2026-11-25T13:00:00Z"), "Succeeded", (), "",
+     ("keep", "broken-grace", "no deployment; its age is unknown, so it waits (first seen this run)",
+      "2026-11-25T13:00:00Z", 3600)),
+    (expiring("soon"), "Succeeded", DEMO, "",
+     ("flag", "bad-expiry", "expires-at='soon' is missing or not ISO 8601 with an offset: never deleted on that basis; "
+                            "fix the tag (`tuneflow endpoints extend`)", "soon", None)),
+    (MANAGED, "Succeeded", DEMO, "",
+     ("flag", "bad-expiry", "expires-at=None is missing or not ISO 8601 with an offset: never deleted on that basis; "
+                            "fix the tag (`tuneflow endpoints extend`)", "", None)),
+    (expiring("2026-11-25T13:00:00+01:00"), "Succeeded", DEMO, "",
+     ("keep", "not-expired", "0 s left", "2026-11-25T12:00:00Z", 0)),  # the instant, one hour east: expired
+]
+
+
+@pytest.mark.parametrize("tags, state, deployments, created_at, want", DECISIONS_IN_FULL)
+def test_each_endpoint_decision_in_full(tags, state, deployments, created_at, want):
+    d = decide(ep(tags, state, deployments, created_at), NOW, POLICY)
+    if want[1] == "not-expired" and want[4] == 0:
+        want = ("delete", "expired", "expired at 2026-11-25T12:00:00Z", "2026-11-25T12:00:00Z", 0)
+    assert (d.action, d.rule, d.reason, d.expires_at, d.seconds_left) == want
+    assert (d.endpoint, d.name, d.kind, d.target) == ("tf-x", "tf-x", "endpoint", "tf-x")
+
+
+def test_a_failed_endpoint_still_serving_is_not_broken():
+    serving = (DeploymentInfo("v-1", "x", 1, "Succeeded", traffic=100),)
+    d = decide(ep(expiring("2026-11-25T13:00:00Z"), "Failed", serving, "2026-11-25T08:00:00Z"), NOW, POLICY)
+    assert (d.action, d.rule) == ("keep", "not-expired")
+
+
+DEPLOYMENTS_IN_FULL = [
+    # (endpoint tags, deployments, [(name, action, rule, reason)])
+    (LIVE, (dep("v-1", "2026-11-25T08:00:00Z"), dep("v-3", "2026-11-25T10:00:00Z", traffic=90, mirror=10)),
+     [("v-1", "delete", "deployment-idle", "0 % live and mirror traffic for 5400 s (TUNEFLOW_ROLLBACK_WINDOW 3600 s)"),
+      ("v-3", "keep", "deployment-serving", "90 % live, 10 % mirror traffic")]),
+    ({**LIVE, "traffic-changed-at": "2026-11-25T11:30:00Z"}, (dep("v-1", "2026-11-25T08:00:00Z"), SERVING),
+     [("v-1", "keep", "deployment-window", "0 % traffic, kept for a rollback: 1800 s left"),
+      ("v-3", "keep", "deployment-serving", "100 % live, 0 % mirror traffic")]),
+    # created after the last traffic change: idle since its creation, the later of the two
+    ({**LIVE, "traffic-changed-at": "2026-11-25T08:00:00Z"}, (dep("v-1", "2026-11-25T11:00:00Z"), SERVING),
+     [("v-3", "keep", "deployment-serving", "100 % live, 0 % mirror traffic"),
+      ("v-1", "keep", "deployment-newest", "the newest deployment: being rolled out, or rolled back to")]),
+    ({**LIVE, "traffic-changed-at": "2026-11-25T08:00:00Z"},
+     (dep("v-1", "2026-11-25T11:30:00Z"), dep("v-2", "2026-11-25T11:40:00Z"), SERVING),
+     [("v-3", "keep", "deployment-serving", "100 % live, 0 % mirror traffic"),
+      ("v-1", "keep", "deployment-window", "0 % traffic, kept for a rollback: 1800 s left"),
+      ("v-2", "keep", "deployment-newest", "the newest deployment: being rolled out, or rolled back to")]),
+    (LIVE, (SERVING, dep("v-4", "2026-11-25T10:00:00Z", state="Canceled")),  # same creation time: by name
+     [("v-3", "keep", "deployment-serving", "100 % live, 0 % mirror traffic"),
+      ("v-4", "delete", "deployment-failed", "Canceled at 0 % for 5400 s (grace 1800 s)")]),
+    ({**LIVE, "traffic-changed-at": "2026-11-25T11:30:00Z"}, (dep("v-0", "2026-11-25T08:00:00Z", state="failed"), SERVING),
+     [("v-0", "delete", "deployment-failed", "failed at 0 % for 1800 s (grace 1800 s)"),  # exactly the grace
+      ("v-3", "keep", "deployment-serving", "100 % live, 0 % mirror traffic")]),
+    ({**MANAGED, "expires-at": "2026-11-25T20:00:00Z"}, (dep("v-0", "", state="Failed"), SERVING),
+     [("v-0", "keep", "deployment-window", "0 % traffic; its idle time is unknown (no creation time and no "
+                                           "traffic-changed-at tag), so it stays"),
+      ("v-3", "keep", "deployment-serving", "100 % live, 0 % mirror traffic")]),  # a failure of unknown age stays
+]
+
+
+@pytest.mark.parametrize("tags, deployments, want", DEPLOYMENTS_IN_FULL)
+def test_each_deployment_decision_in_full(tags, deployments, want):
+    from shared.reaper import decide_deployments
+    got = decide_deployments(ep(tags, deployments=deployments), NOW, POLICY)
+    assert [(d.name, d.action, d.rule, d.reason) for d in got] == want
+    assert all((d.endpoint, d.kind, d.target, d.seconds_left) == ("tf-x", "deployment", f"tf-x/{d.name}", None)
+               for d in got)
+
+
+def test_a_deployment_in_transition_on_a_steady_endpoint_is_kept():
+    from shared.reaper import decide_deployments
+    got = decide_deployments(ep(LIVE, deployments=(dep("v-1", "2020-01-01T00:00:00Z", state="Updating"), SERVING)),
+                             NOW, POLICY)
+    assert [(d.name, d.action, d.rule, d.reason) for d in got][0] == (
+        "v-1", "keep", "deployment-in-transition", "provisioning state is Updating")
+
+
+@pytest.mark.parametrize("tags, state", [({"expires-at": "2026-11-25T20:00:00Z"}, "Succeeded"),
+                                         ({**LIVE, "do-not-delete": "true"}, "Succeeded"),
+                                         (LIVE, "Creating"), (LIVE, "updating"), (LIVE, "Deleting")])
+def test_no_deployment_decisions_on_an_endpoint_that_is_not_ours_or_is_moving(tags, state):
+    from shared.reaper import decide_deployments
+    assert decide_deployments(ep(tags, state, deployments=(dep("v-1", "2020-01-01T00:00:00Z"), SERVING)),
+                              NOW, POLICY) == []
+
+
+def test_the_quota_rule_counts_what_is_deleted_anyway_and_says_why():
+    """18 deployments, one of them idle past the window (deleted anyway): 17 remain, below 18: none for the quota."""
+    from shared.reaper import decide_deployments
+    tags = {**LIVE, "traffic-changed-at": "2026-11-25T11:00:00Z"}  # the idle ones were created after it
+    old = dep("v-00", "2026-11-25T08:00:00Z", state="Failed")  # failed long ago: deleted on its own rule
+    idle = tuple(dep(f"v-{i:02d}", f"2026-11-25T11:{i:02d}:00Z") for i in range(1, 17))
+    got = decide_deployments(ep(tags, deployments=(old, *idle, dep("v-99", "2026-11-25T11:55:00Z", traffic=100))),
+                             NOW, POLICY)
+    assert [(d.name, d.rule) for d in got if d.action == "delete"] == [("v-00", "deployment-failed")]
+    got = decide_deployments(ep(tags, deployments=(*idle, dep("v-17", "2026-11-25T11:17:00Z"),
+                                                   dep("v-99", "2026-11-25T11:55:00Z", traffic=100))), NOW, POLICY)
+    [quota] = [d for d in got if d.action == "delete"]
+    assert (quota.name, quota.rule, quota.reason) == (
+        "v-01", "deployment-quota", "0 % traffic, kept for a rollback: 60 s left; but the endpoint has 18 "
+        "deployments, near Azure's limit of 20: the oldest idle ones go first")
+
+
+@pytest.mark.parametrize("the_job, want", [
+    (job("ft-a", "2026-11-24T11:00:00Z"),
+     ("cancel", "job-runaway", "Running for 90000 s, longer than TUNEFLOW_JOB_MAX_RUNTIME (86400 s)", -3600)),
+    (job("ft-b", "2026-11-25T11:00:00Z", status="Queued"),
+     ("keep", "job-running", "Queued: 82800 s of TUNEFLOW_JOB_MAX_RUNTIME left", 82800)),
+    (job("ft-c", "2026-11-24T11:59:59Z"),
+     ("cancel", "job-runaway", "Running for 86401 s, longer than TUNEFLOW_JOB_MAX_RUNTIME (86400 s)", -1)),
+    (job("ft-d", ""), ("flag", "job-age-unknown", "Running, with no creation time: never canceled on that basis", None)),
+    (job("ft-e", "garbage"),
+     ("flag", "job-age-unknown", "Running, with no creation time: never canceled on that basis", None)),
+    (job("ft-f", "2026-11-20T00:00:00Z", tags={"do-not-delete": "True"}),
+     ("keep", "do-not-delete", "tagged do-not-delete=true", None)),
+])
+def test_each_job_decision_in_full(the_job, want):
+    from shared.reaper import decide_job
+    d = decide_job(the_job, NOW, POLICY)
+    assert (d.action, d.rule, d.reason, d.seconds_left) == want
+    assert (d.expires_at, d.endpoint, d.kind) == ("", "", "job")
+
+
+def test_the_policy_from_settings(monkeypatch):
+    for name, value in {"TUNEFLOW_REAPER_GRACE": "45m", "TUNEFLOW_ROLLBACK_WINDOW": "2h",
+                        "TUNEFLOW_JOB_MAX_RUNTIME": "3d", "TUNEFLOW_REAPER_MAX_DELETES": "0",
+                        "TUNEFLOW_REAPER_MAX_DELETE_SHARE": "0.25", "TUNEFLOW_REAPER_CONCURRENCY": "1",
+                        "TUNEFLOW_SKU_PRICES": '{"Standard_NC24ads_A100_v4": 3.67, "Standard_DS3_v2": "0.293", '
+                                               '"X": 2}'}.items():
+        monkeypatch.setenv(name, value)
+    assert ReaperPolicy.from_settings() == ReaperPolicy(
+        grace=timedelta(minutes=45), rollback_window=timedelta(hours=2), job_max_runtime=timedelta(days=3),
+        max_deletes=0, max_delete_share=0.25, concurrency=1,
+        prices={"standard_nc24ads_a100_v4": 3.67, "standard_ds3_v2": 0.293, "x": 2.0})
+    assert all(isinstance(v, float) for v in ReaperPolicy.from_settings().prices.values())
+
+
+@pytest.mark.parametrize("name, value, ok", [
+    ("TUNEFLOW_REAPER_MAX_DELETES", "-1", False), ("TUNEFLOW_REAPER_CONCURRENCY", "0", False),
+    ("TUNEFLOW_REAPER_MAX_DELETE_SHARE", "1.0", True), ("TUNEFLOW_REAPER_MAX_DELETE_SHARE", "0", True),
+    ("TUNEFLOW_REAPER_MAX_DELETE_SHARE", "1.01", False), ("TUNEFLOW_REAPER_MAX_DELETE_SHARE", "-0.1", False),
+])
+def test_the_policy_settings_bounds(monkeypatch, name, value, ok):
+    from shared.settings import SettingError
+    monkeypatch.setenv(name, value)
+    if ok:
+        ReaperPolicy.from_settings()
+    else:
+        with pytest.raises(SettingError, match=name):
+            ReaperPolicy.from_settings()
+
+
+def test_a_price_that_is_null_is_refused_in_one_line(monkeypatch):
+    from shared.settings import SettingError
+    monkeypatch.setenv("TUNEFLOW_SKU_PRICES", '{"Standard_DS3_v2": null}')
+    with pytest.raises(SettingError) as exc:
+        ReaperPolicy.from_settings()
+    assert str(exc.value) == ("TUNEFLOW_SKU_PRICES: the price of 'Standard_DS3_v2' is None, not a number per "
+                              "instance-hour; use e.g. {\"Standard_NC24ads_A100_v4\": 3.67}")
+
+
+def test_the_breaker_alerts_in_full():
+    _, alert = plan(_expired(11, "tf-old") + _fresh(100), NOW, POLICY)
+    assert alert == "11 deletions and cancellations planned, more than TUNEFLOW_REAPER_MAX_DELETES=10"
+    decisions, alert = plan(_expired(3) + _fresh(2), NOW, POLICY)
+    assert alert == ("3 of 5 managed endpoints planned for deletion (60%), more than "
+                     "TUNEFLOW_REAPER_MAX_DELETE_SHARE=50%")
+    assert decisions[0].reason == f"expired at 2026-11-25T11:00:00Z; not deleted: {alert}"
