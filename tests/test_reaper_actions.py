@@ -72,6 +72,8 @@ def test_act_then_confirm(script, answers, attempts, timeout, want, sleeps):
     ([False, Throttled("t", retry_after=0.5), True], [1, 2]),  # a hint shorter than the interval: the interval
 ])
 def test_polling_through_throttling(answers, sleeps):
+    answers = list(answers)  # the table's list is read again by every run in this process
+
     def check():
         answer = answers.pop(0)
         if isinstance(answer, Exception):
