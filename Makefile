@@ -61,7 +61,7 @@ load: setup
 mutation: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut run --max-children 3 || true
 	$(BIN)/python bench/mutation_report.py
 
 clean:

@@ -303,7 +303,8 @@ def test_deletions_run_as_many_at_once_as_the_setting_says(storage_env, monkeypa
             active[0] += 1
             peak[0] = max(peak[0], active[0])
             cv.notify_all()
-            cv.wait_for(lambda: active[0] >= concurrency, timeout=5)  # let the others in, if the pool allows
+            cv.wait_for(lambda: active[0] >= concurrency, timeout=5)  # as many as the setting allows, at once
+            cv.wait_for(lambda: active[0] > concurrency, timeout=0.5)  # and one more, if the pool lets it in
         try:
             return handle(method, url, headers, body)
         finally:
@@ -323,7 +324,10 @@ def test_a_run_that_dies_after_deleting_leaves_the_record_to_the_next_run(storag
     deploy(d, "tf-expired")
     state, flow_log = storage.container("reaper"), storage.container("flows")
 
-    def died(*args, **kwargs):
+    dead = []
+
+    def died(run, *args, **kwargs):
+        dead.append(run.run_id)
         raise SystemExit("the worker died here")
     monkeypatch.setattr(reaper, "_audit", died)
     with pytest.raises(SystemExit):
@@ -334,7 +338,7 @@ def test_a_run_that_dies_after_deleting_leaves_the_record_to_the_next_run(storag
     assert later.decisions == []
     (record,) = flows.read_all(flow_log)
     assert record["stage"] == "reaped" and record["endpoint"] == "tf-expired"
-    assert record["detail"]["recorded_by"] == later.run_id != record["detail"]["run_id"]
+    assert record["detail"]["recorded_by"] == later.run_id and record["detail"]["run_id"] == dead[0] != later.run_id
     assert list(state.list_blobs(name_starts_with="pending/")) == []
 
 
@@ -648,6 +652,11 @@ def test_no_deployment_decisions_on_an_endpoint_that_is_not_ours_or_is_moving(ta
                               NOW, POLICY) == []
 
 
+def test_no_deployment_decisions_on_an_endpoint_without_deployments():
+    from shared.reaper import decide_deployments
+    assert decide_deployments(ep(LIVE, deployments=()), NOW, POLICY) == []
+
+
 def test_the_quota_rule_counts_what_is_deleted_anyway_and_says_why():
     """18 deployments, one of them idle past the window (deleted anyway): 17 remain, below 18: none for the quota."""
     from shared.reaper import decide_deployments
@@ -712,6 +721,15 @@ def test_the_policy_settings_bounds(monkeypatch, name, value, ok):
     else:
         with pytest.raises(SettingError, match=name):
             ReaperPolicy.from_settings()
+
+
+def test_prices_that_are_not_a_json_object_are_refused_with_an_example(monkeypatch):
+    from shared.settings import SettingError
+    monkeypatch.setenv("TUNEFLOW_SKU_PRICES", "3.67")
+    with pytest.raises(SettingError) as exc:
+        ReaperPolicy.from_settings()
+    assert str(exc.value) == ("TUNEFLOW_SKU_PRICES='3.67' is not a JSON object; use e.g. "
+                              '{"Standard_NC24ads_A100_v4": 3.67}')
 
 
 def test_a_price_that_is_null_is_refused_in_one_line(monkeypatch):

@@ -48,6 +48,7 @@ ACTED = [
     ((), [False, False, False, True], 4, 10, ("confirmed", 1), [1, 2, 4]),  # polls back off
     ((), [False], 2, 3, ("unconfirmed", 2), [1, 2, 1, 2]),  # each attempt polls for the whole timeout
     ((), [False], 1, 0, ("unconfirmed", 1), []),  # no time to wait: one look
+    ((), [False], 1, 1, ("unconfirmed", 1), [1]),  # a second to wait: one wait, then a last look
     ((), [False], 1, 100, ("unconfirmed", 1), [1, 2, 4, 8, 16, 30, 30, 30]),  # polls at most 30 s apart
     ((Throttled("t"),) * 4, [True], 4, 10, ("unconfirmed", 4), [2, 4, 8, 16]),
     ((Throttled("t"),) * 7, [True], 7, 10, ("unconfirmed", 7), [2, 4, 8, 16, 32, 60, 60]),  # back-off capped
@@ -104,7 +105,7 @@ def test_an_ended_job_is_not_canceled():
 
 # -- the cost of a thing ------------------------------------------------------------------------------
 
-PRICES = {"standard_nc24ads_a100_v4": 3.67, "standard_ds3_v2": 0.293}
+PRICES = {"standard_nc24ads_a100_v4": 3.67, "standard_ds3_v2": 0.293, "standard_f2s_v2": 0.123456}
 
 COSTS = [
     # (items, created_at, what it costs)
@@ -125,6 +126,8 @@ COSTS = [
                                     "cost_avoided_per_day": 7.03, "unpriced_skus": []}),  # age unknown
     ([("", 1)], "garbage", {"instance_hours_used": None, "price_per_hour": 0.0, "cost_avoided_per_day": 0.0,
                             "unpriced_skus": [""]}),
+    ([("Standard_F2s_v2", 1)], "2026-11-25T11:00:00Z",  # a price per hour to four places
+     {"instance_hours_used": 1.0, "price_per_hour": 0.1235, "cost_avoided_per_day": 2.96, "unpriced_skus": []}),
     ([], "2026-11-25T11:00:00Z",
      {"instance_hours_used": 0.0, "price_per_hour": 0.0, "cost_avoided_per_day": 0.0, "unpriced_skus": []}),
 ]
@@ -136,7 +139,8 @@ def test_cost(items, created_at, want):
 
 
 def test_cost_of_a_sku_named_none():
-    assert _cost([(None, 1)], "2026-11-25T11:00:00Z", NOW, {"": 1.5})["price_per_hour"] == 1.5
+    assert _cost([(None, 1)], "2026-11-25T11:00:00Z", NOW, {"": 1.5}) == {
+        "instance_hours_used": 1.0, "price_per_hour": 1.5, "cost_avoided_per_day": 36.0, "unpriced_skus": []}
 
 
 # -- what a decision acts on ----------------------------------------------------------------------
@@ -312,6 +316,19 @@ def test_the_audit_in_full(storage_env):
     assert [(r["flow_id"], r["stage"], r["endpoint"], r["detail"]) for r in reaped] == [
         (FLOW_A, "reaped", "tf-a", {"reason": "expired at 2026-11-25T11:00:00Z", "rule": "expired",
                                     "run_id": "0123456789abcdef", "kind": "endpoint", "name": "tf-a"})]
+    raw = state.download_blob(name).readall().decode()
+    assert raw == "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)  # one line each, keys sorted
+
+
+def test_an_audit_record_is_never_overwritten(storage_env):
+    """Audit blobs are written once: the same run at the same moment again is refused, the first kept."""
+    from azure.core.exceptions import ResourceExistsError
+    from shared import storage
+    state = storage.container("reaper")
+    _audit(_run_with({"tf-a": "confirmed"}, DECISIONS), TARGETS, NOW, POLICY, False, state, None)
+    with pytest.raises(ResourceExistsError):
+        _audit(_run_with({"tf-a": "unconfirmed"}, DECISIONS), TARGETS, NOW, POLICY, False, state, None)
+    assert _audit_records(state)[1][0]["outcome"] == "confirmed"
 
 
 @pytest.mark.parametrize("outcome, recorded", [("confirmed", True), ("already-gone", True), ("unconfirmed", False),
@@ -434,3 +451,182 @@ def test_the_lock_is_a_sixty_second_lease(storage_env):
     again = _acquire(state)  # the lock blob exists now: acquired all the same
     _release(again)
     _release(again)  # released twice (an expired lease): no error
+
+
+# -- a whole run, through the Azure backend's HTTP edge -------------------------------------------------
+
+def _throttle_once(d, monkeypatch, method: str, path_end: str) -> None:
+    """The first `method` request whose path ends with `path_end` answers 429 with Retry-After, as ARM does."""
+    handle, left = d.fake.handle, [1]
+
+    def throttled(m, url, headers, body):
+        if m == method and url.split("?")[0].endswith(path_end) and left[0]:
+            left[0] -= 1
+            return 429, {"error": {"code": "TooManyRequests", "message": "Rate limit exceeded"}}, {"Retry-After": "7"}
+        return handle(m, url, headers, body)
+    monkeypatch.setattr(d.fake, "handle", throttled)
+
+
+@pytest.mark.parametrize("kind", ["endpoint", "deployment", "job"])
+def test_a_run_waits_as_long_as_a_throttled_action_is_told_then_confirms_it(storage_env, monkeypatch, kind):
+    """Each kind's action goes through the run's own `sleep`: a 429 waits its Retry-After, then the retry is
+    confirmed."""
+    from dataclasses import replace as copy
+    from shared import storage
+    from shared.ml.base import ModelRef
+    from tests.serving import serve
+    d = azure()
+    if kind == "endpoint":
+        deploy(d, "tf-expired")
+        target, path = "tf-expired", "/onlineEndpoints/tf-expired"
+    elif kind == "deployment":
+        serve(d.backend, "tf-roll", ModelRef("m", "1"), {**MANAGED, "expires-at": "2026-12-31T00:00:00Z"},
+              deployment="v-1")
+        d.backend.create_deployment("tf-roll", "v-2", ModelRef("m", "2"), {})
+        d.backend.set_traffic("tf-roll", {"v-2": 100}, {}, {**d.backend.get_endpoint("tf-roll").tags,
+                                                           "traffic-changed-at": "2026-11-25T08:00:00Z"})
+        target, path = "tf-roll/v-1", "/onlineEndpoints/tf-roll/deployments/v-1"
+    else:
+        d.backend.submit(copy(d.spec("ft-runaway-0000abcd"), tags=MANAGED))
+        target, path = "ft-runaway-0000abcd", "/jobs/ft-runaway-0000abcd/cancel"
+    _throttle_once(d, monkeypatch, "POST" if kind == "job" else "DELETE", path)
+    later = NOW + timedelta(days=3)  # the job is over a day old; the idle deployment past its rollback window
+    slept = Sleeps()
+    run = reap(d.backend, later, POLICY, state=storage.container("reaper"), sleep=slept)
+    assert run.outcomes == {target: "confirmed"} and slept == [7.0]
+
+
+def test_a_pending_job_record_is_settled_by_asking_the_backend(storage_env):
+    """A dead run's record of a job cancel: the next run asks the backend whether the job has ended."""
+    from dataclasses import replace as copy
+    from shared import flows, storage
+    d = azure()
+    d.backend.submit(copy(d.spec("ft-pending-0000abcd"), tags=MANAGED))
+    d.finish("ft-pending-0000abcd", "Canceled")
+    state, flow_log = storage.container("reaper"), storage.container("flows")
+    storage.put_json(state, "pending/job/ft-pending-0000abcd.json", {
+        "kind": "job", "endpoint": "", "name": "ft-pending-0000abcd", "flow_ids": [FLOW_A], "rule": "job-runaway",
+        "reason": "running for 26 h", "run_id": "run-0"})
+    run = reap(d.backend, NOW, POLICY, flow_log=flow_log, state=state, sleep=Sleeps())
+    (record,) = flows.read_all(flow_log)
+    assert (record["flow_id"], record["stage"], record["detail"]["kind"], record["detail"]["recorded_by"]) == (
+        FLOW_A, "reaped", "job", run.run_id)
+    assert list(state.list_blobs(name_starts_with=PENDING_PREFIX)) == []
+
+
+def test_a_dry_run_leaves_a_dead_runs_records_alone(storage_env):
+    """A record a dead run wrote before deleting: a dry run planning the same deletion leaves it for the next
+    real run, which settles it."""
+    from shared import storage
+    d = azure()
+    deploy(d, "tf-expired")
+    state = storage.container("reaper")
+    storage.put_json(state, "pending/tf-expired.json", {
+        "kind": "endpoint", "endpoint": "tf-expired", "name": "tf-expired", "flow_ids": [FLOW_A], "rule": "expired",
+        "reason": "expired", "run_id": "run-0"})
+    run = reap(d.backend, NOW, POLICY, dry_run=True, state=state, sleep=Sleeps())
+    assert [(x.target, x.action) for x in run.decisions] == [("tf-expired", "delete")]
+    assert storage.exists(state, "pending/tf-expired.json")
+
+
+def test_first_seen_times_are_stored_sorted(storage_env, monkeypatch):
+    from shared import storage
+    from shared.reaper import FIRST_SEEN_BLOB
+    d = azure()
+    names = [f"tf-broken-{c}" for c in "hgfedcba"]
+    monkeypatch.setattr(d.backend, "list_endpoints", lambda: [EndpointInfo(n, MANAGED, "Succeeded") for n in names])
+    state = storage.container("reaper")
+    reap(d.backend, NOW, POLICY, state=state, sleep=Sleeps())
+    raw = state.download_blob(FIRST_SEEN_BLOB).readall().decode()
+    assert raw == json.dumps({n: "2026-11-25T12:00:00Z" for n in sorted(names)})
+
+
+def test_a_dry_run_starts_no_first_seen_clock(storage_env, monkeypatch):
+    from shared import storage
+    from shared.reaper import FIRST_SEEN_BLOB
+    d = azure()
+    broken = EndpointInfo("tf-broken", MANAGED, "Succeeded")  # no deployment, no creation time
+    monkeypatch.setattr(d.backend, "list_endpoints", lambda: [broken])
+    state = storage.container("reaper")
+    run = reap(d.backend, NOW, POLICY, dry_run=True, state=state, sleep=Sleeps())
+    assert [(x.target, x.action, x.rule) for x in run.decisions] == [("tf-broken", "keep", "broken-grace")]
+    assert not storage.exists(state, FIRST_SEEN_BLOB)
+    reap(d.backend, NOW, POLICY, state=state, sleep=Sleeps())
+    assert storage.get_json(state, FIRST_SEEN_BLOB) == {"tf-broken": "2026-11-25T12:00:00Z"}
+
+
+def test_a_run_that_finds_the_lock_held_says_so(storage_env):
+    from shared import storage
+    from shared.reaper import _acquire, _release
+    state = storage.container("reaper")
+    held = _acquire(state)
+    try:
+        assert reap(azure().backend, NOW, POLICY, state=state, sleep=Sleeps()).skipped == (
+            "another reaper run holds the lock")
+    finally:
+        _release(held)
+
+
+def test_a_pending_record_missing_its_fields_is_settled_with_empty_ones(storage_env):
+    """The oldest records name only their flow: settled as an endpoint that is gone, nothing made up."""
+    from shared import flows, storage
+    state, flow_log = storage.container("reaper"), storage.container("flows")
+    storage.put_json(state, "pending/tf-ancient.json", {"flow_id": FLOW_A})
+    _settle_pending(state, None, [SERVING], ReapRun("run-2", []), flow_log)
+    (record,) = flows.read_all(flow_log)
+    assert (record["stage"], record["endpoint"], record["detail"]) == ("reaped", "", {
+        "reason": "", "rule": "", "run_id": "", "recorded_by": "run-2", "kind": "endpoint", "name": ""})
+
+
+def test_a_deployment_whose_endpoint_goes_while_it_is_deleted_is_confirmed(monkeypatch):
+    d = azure()
+    deploy(d, "tf-dep-going")
+
+    def delete_deployment(endpoint, deployment):  # accepted; meanwhile someone deletes the whole endpoint
+        d.backend.delete_endpoint(endpoint)
+    monkeypatch.setattr(d.backend, "delete_deployment", delete_deployment)
+    assert delete_deployment_confirmed(d.backend, "tf-dep-going", "v-1", POLICY, Sleeps()) == ("confirmed", 1)
+
+
+# -- what the log says about each action ------------------------------------------------------------------
+
+def _ours(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.message) for r in caplog.records if r.name == "tuneflow.reaper"]
+
+
+def test_each_outcome_is_logged_at_its_level(caplog, monkeypatch):
+    """Gone is information; anything else is an error an operator must see."""
+    from shared.reaper import _act
+    d = azure()
+    deploy(d, "tf-going")
+    deploy(d, "tf-sticky")
+    real = d.backend.delete_endpoint
+    # tf-sticky's deletion is accepted and the endpoint stays (a service that lies)
+    monkeypatch.setattr(d.backend, "delete_endpoint", lambda name: None if name == "tf-sticky" else real(name))
+    once = ReaperPolicy(attempts=1, confirm_timeout_s=0)
+    with caplog.at_level("INFO", logger="tuneflow.reaper"):
+        outcomes = [_act(d.backend, ReapDecision(n, "delete", "expired", "x", name=n), once, Sleeps())
+                    for n in ("tf-going", "tf-going", "tf-sticky")]
+    assert outcomes == ["confirmed", "already-gone", "unconfirmed"]
+    assert _ours(caplog) == [
+        ("INFO", "reaper: endpoint tf-going confirmed after 1 attempt(s)"),
+        ("INFO", "reaper: endpoint tf-going already-gone after 1 attempt(s)"),
+        ("WARNING", "reaper: endpoint tf-sticky still there after the service accepted its removal (attempt 1)"),
+        ("ERROR", "reaper: endpoint tf-sticky unconfirmed after 1 attempt(s)")]
+
+
+def test_a_removal_the_service_accepted_and_did_not_do_is_named_in_the_warning(caplog, monkeypatch):
+    """Deployments and jobs as endpoints: accepted, still there, and the warning says which."""
+    from dataclasses import replace as copy
+    d = azure()
+    deploy(d, "tf-lying")
+    d.backend.submit(copy(d.spec("ft-lying-0000abcd"), tags=MANAGED))
+    monkeypatch.setattr(d.backend, "delete_deployment", lambda endpoint, deployment: None)
+    monkeypatch.setattr(d.backend, "cancel_job", lambda name: None)
+    once = ReaperPolicy(attempts=1, confirm_timeout_s=0)
+    with caplog.at_level("WARNING", logger="tuneflow.reaper"):
+        assert delete_deployment_confirmed(d.backend, "tf-lying", "v-1", once, Sleeps()) == ("unconfirmed", 1)
+        assert cancel_confirmed(d.backend, "ft-lying-0000abcd", once, Sleeps()) == ("unconfirmed", 1)
+    assert [message for _level, message in _ours(caplog)] == [
+        "reaper: deployment tf-lying/v-1 still there after the service accepted its removal (attempt 1)",
+        "reaper: job ft-lying-0000abcd still there after the service accepted its removal (attempt 1)"]
