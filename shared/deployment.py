@@ -14,6 +14,9 @@ where the last attempt stopped and never repeats a traffic change:
   rollout-failed  smoke test or a check failed: traffic back to the previous deployment, the new one deleted
   superseded    the endpoint already serves a model of a flow that began later (a late delivery): nothing done
 
+Every traffic change also moves an expires-at sooner than one TTL from now to one TTL from now: an
+endpoint is never reaped under a rollout still under way (a step wait, a redelivery after a crash).
+
 A rollout holds its endpoint's lock (shared/locks.py) from start to verdict: two model versions of one
 dataset never move its traffic at once. rolled-out, rollout-failed and superseded share one record
 (the first verdict stands).
@@ -249,10 +252,15 @@ class Rollout:
             return
         tags = dict(endpoint.tags)
         tags[TAG_TRAFFIC_CHANGED_AT] = format_utc(self.clock())
-        if final:  # the TTL counts from the last successful rollout
+        renewed = expires_at(self.clock(), endpoint_ttl(self.r.dataset))
+        current = parse_expires_at(next((v for k, v in tags.items() if k.lower() == TAG_EXPIRES_AT), None))
+        if final or current is None or current < parse_expires_at(renewed):
+            # The TTL counts from the last successful rollout; while one is under way (its steps, a redelivery
+            # after a crash) the endpoint does not expire under it: each step moves a sooner expiry to one TTL on.
             tags = {k: v for k, v in tags.items() if k.lower() != TAG_EXPIRES_AT}
-            tags.update({TAG_EXPIRES_AT: expires_at(self.clock(), endpoint_ttl(self.r.dataset)),
-                         TAG_FLOW_ID: self.r.flow_id})
+            tags[TAG_EXPIRES_AT] = renewed
+        if final:
+            tags[TAG_FLOW_ID] = self.r.flow_id
         names = {d.name for d in endpoint.deployments}
         failpoints.reached("deploy.before-traffic")
         self.backend.set_traffic(self.endpoint, {k: v for k, v in traffic.items() if k in names},

@@ -233,3 +233,36 @@ def test_a_deployment_with_traffic_is_refused_deletion(azure):
     d.backend.set_traffic("tf-traffic-00000002", {"v-1": 100}, {})
     with pytest.raises(HasTraffic):
         d.backend.delete_deployment("tf-traffic-00000002", "v-1")
+
+
+def test_an_endpoint_is_not_reaped_under_a_rollout_a_crash_left_between_steps(azure, monkeypatch):
+    """Found by the chaos run: the worker died during the 10 % step wait, the previous version's TTL ran out
+    before the redelivery, and the reaper deleted the endpoint under the rollout (`rollout-failed`). The first
+    traffic step now moves a sooner expiry to one TTL on: the reaper keeps it and the redelivery finishes."""
+    from datetime import timedelta
+    from shared import failpoints, storage
+    from shared.reaper import ReaperPolicy, reap
+    from shared.ttl import format_utc, utcnow
+    d = azure
+    first = _model_version(d, "late", seed=1)
+    _deploy(d, first)
+    name = naming.endpoint_name("late", d.backend.workspace_id)
+    soon = format_utc(utcnow() + timedelta(minutes=1))  # the previous version's TTL nearly run out
+    d.fake.endpoints[name]["tags"]["expires-at"] = soon
+    second = _model_version(d, "late", seed=2)
+
+    def reached(at: str) -> None:
+        if at == "deploy.shifted-10":
+            raise Crash(at)
+    monkeypatch.setattr(failpoints, "reached", reached)
+    with pytest.raises(Crash):
+        _deploy(d, second)
+    monkeypatch.setattr(failpoints, "reached", lambda at: None)
+    renewed = d.backend.get_endpoint(name).tags["expires-at"]
+    assert renewed > soon
+    later = utcnow() + timedelta(minutes=30)  # past the old expiry, the redelivery not yet here
+    run = reap(d.backend, later, ReaperPolicy(), state=storage.container("reaper"), sleep=lambda s: None)
+    assert [(x.target, x.action) for x in run.decisions if x.kind == "endpoint"] == [(name, "keep")]
+    done = _deploy(d, second)
+    assert done is not None and done.traffic == {naming.deployment_name(second.model_version): 100}
+    assert ("rolled-out", "") in _stages(second.flow_id)
