@@ -34,6 +34,7 @@ from shared import flows, locks, naming, rollout, settings
 from shared.contracts import (MANAGED_BY_VALUE, TAG_DATASET, TAG_EXPIRES_AT, TAG_FLOW_ID, TAG_FLOW_STARTED_AT,
                               TAG_MANAGED_BY, TAG_MODEL, TAG_TRAFFIC_CHANGED_AT)
 from shared.ml.base import AlreadyExists, EndpointInfo, MLBackend, MLError, NameTaken, NotFound, ServiceTimeout
+from shared.reaper import tag
 from shared.rollout import RolloutPolicy
 from shared.scoring import held_out_prompt, reply_text, request_body
 from shared.ttl import expires_at, format_utc, parse_expires_at, utcnow
@@ -253,7 +254,7 @@ class Rollout:
         tags = dict(endpoint.tags)
         tags[TAG_TRAFFIC_CHANGED_AT] = format_utc(self.clock())
         renewed = expires_at(self.clock(), endpoint_ttl(self.r.dataset))
-        current = parse_expires_at(next((v for k, v in tags.items() if k.lower() == TAG_EXPIRES_AT), None))
+        current = parse_expires_at(tag(tags, TAG_EXPIRES_AT))
         if final or current is None or current < parse_expires_at(renewed):
             # The TTL counts from the last successful rollout; while one is under way (its steps, a redelivery
             # after a crash) the endpoint does not expire under it: each step moves a sooner expiry to one TTL on.

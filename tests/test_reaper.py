@@ -723,22 +723,17 @@ def test_the_policy_settings_bounds(monkeypatch, name, value, ok):
             ReaperPolicy.from_settings()
 
 
-def test_prices_that_are_not_a_json_object_are_refused_with_an_example(monkeypatch):
+@pytest.mark.parametrize("value, message", [
+    ("3.67", "TUNEFLOW_SKU_PRICES='3.67' is not a JSON object; use e.g. {\"Standard_NC24ads_A100_v4\": 3.67}"),
+    ('{"Standard_DS3_v2": null}', "TUNEFLOW_SKU_PRICES: the price of 'Standard_DS3_v2' is None, not a number per "
+                                  "instance-hour; use e.g. {\"Standard_NC24ads_A100_v4\": 3.67}"),
+])
+def test_refused_prices_in_one_line_with_an_example(monkeypatch, value, message):
     from shared.settings import SettingError
-    monkeypatch.setenv("TUNEFLOW_SKU_PRICES", "3.67")
+    monkeypatch.setenv("TUNEFLOW_SKU_PRICES", value)
     with pytest.raises(SettingError) as exc:
         ReaperPolicy.from_settings()
-    assert str(exc.value) == ("TUNEFLOW_SKU_PRICES='3.67' is not a JSON object; use e.g. "
-                              '{"Standard_NC24ads_A100_v4": 3.67}')
-
-
-def test_a_price_that_is_null_is_refused_in_one_line(monkeypatch):
-    from shared.settings import SettingError
-    monkeypatch.setenv("TUNEFLOW_SKU_PRICES", '{"Standard_DS3_v2": null}')
-    with pytest.raises(SettingError) as exc:
-        ReaperPolicy.from_settings()
-    assert str(exc.value) == ("TUNEFLOW_SKU_PRICES: the price of 'Standard_DS3_v2' is None, not a number per "
-                              "instance-hour; use e.g. {\"Standard_NC24ads_A100_v4\": 3.67}")
+    assert str(exc.value) == message
 
 
 def test_the_breaker_alerts_in_full():
