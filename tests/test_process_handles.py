@@ -40,10 +40,10 @@ def _job(ws: LocalWorkspace, name: str, spawn_file: dict | None = None, process_
 
 
 @pytest.mark.parametrize("spawn_file, status, signalled", [
-    pytest.param(lambda pid: {"pid": pid, "create_time": process_handle(pid)["create_time"] - 3600}, "Failed", False,
+    pytest.param(lambda pid: {"pid": pid, "started": process_handle(pid)["started"] - 3600}, "Failed", False,
                  id="pid-reused"),
     pytest.param(lambda pid: {"pid": pid}, "Failed", False, id="older-file-without-creation-time"),
-    pytest.param(lambda pid: {"pid": pid, "create_time": None}, "Failed", False, id="no-creation-time"),
+    pytest.param(lambda pid: {"pid": pid, "started": None}, "Failed", False, id="no-creation-time"),
     pytest.param(lambda pid: process_handle(pid), "Running", True, id="the-very-process"),
 ])
 def test_a_pid_counts_only_with_its_creation_time(tmp_path, sleeper, spawn_file, status, signalled, monkeypatch):
@@ -78,7 +78,7 @@ def test_a_restart_that_dies_after_forgetting_the_lost_attempt_keeps_its_count(t
     ws = LocalWorkspace(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(timeout=30)
-    _job(ws, "ft-handle-00000003", {"attempt": 2, "pid": dead.pid, "create_time": 1.0}, {"pid": dead.pid})
+    _job(ws, "ft-handle-00000003", {"attempt": 2, "pid": dead.pid, "started": 1.0}, {"pid": dead.pid})
     procs.forget(ws.jobs / "ft-handle-00000003")
     assert procs.spawned(ws.jobs / "ft-handle-00000003")["attempt"] == 2
     assert ws.start_queued() == []
@@ -124,3 +124,20 @@ def test_a_process_that_leads_no_group_is_signalled_alone():
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(not procs._PROC_STAT, reason="Linux's /proc: where btime moves with the wall clock")
+def test_a_process_stays_ours_when_the_wall_clock_steps(tmp_path, sleeper, monkeypatch):
+    """Linux recomputes /proc/stat's btime on every read as the wall clock minus the uptime, and psutil's
+    create_time() adds it: an NTP step moves every creation time. The job's process must still be its
+    running attempt (not lost and started twice) and the stack's stop must still reach it (no orphan)."""
+    import psutil._pslinux
+    monkeypatch.setenv("TUNEFLOW_LOCAL_JOB_ATTEMPTS", "1")
+    ws = LocalWorkspace(tmp_path)
+    _job(ws, "ft-handle-00000004", {"attempt": 1, **process_handle(sleeper.pid)})
+    stepped = psutil._pslinux.boot_time() + 7.0
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: stepped)  # the clock stepped 7 s forward
+    assert ws.get_job("ft-handle-00000004").status == "Running"
+    assert ws.recover_lost() == []
+    ws.stop_all()
+    assert sleeper.wait(timeout=30) < 0

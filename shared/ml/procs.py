@@ -1,7 +1,12 @@
 """The local workspace's child processes (training jobs, scoring servers), each known by a folder.
 
-A process is named by a handle, {"pid", "create_time"}: a pid is reused once its process is gone,
+A process is named by a handle, {"pid", "started"}: a pid is reused once its process is gone,
 the pair is not, so a recycled pid never makes a dead job or endpoint look alive or gets signalled.
+`started` is the kernel's start time in clock ticks since boot (/proc/PID/stat), not psutil's
+`create_time()`: that adds /proc/stat's `btime`, which Linux recomputes on every read as the wall
+clock minus the uptime, so a clock step or NTP correction moves every process's creation time and
+a live process would stop matching its handle (psutil issues 2526 and 2541): it would look lost, be
+started twice, and be missed by `stop`.
 Two files in the folder say which process serves it, so no crash of either side loses track of it:
 
 - `spawn.json`, by the spawner: `{"spawning_at"}` just before it starts the process, then the handle
@@ -43,17 +48,32 @@ def read_json(path: Path):
         return None
 
 
-def process_handle(pid: int) -> dict:
-    """What identifies a process for good: its pid and creation time (a pid alone is reused)."""
+_PROC_STAT = Path("/proc/self/stat").exists()
+
+
+def started(pid: int) -> float:
+    """When the process started, on a clock nothing moves: Linux's starttime (field 22 of /proc/PID/stat,
+    clock ticks since boot); elsewhere psutil's creation time (the kernel's own record there)."""
     import psutil
-    return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    if not _PROC_STAT:
+        return psutil.Process(pid).create_time()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        raise psutil.NoSuchProcess(pid) from None
+    return int(stat.rsplit(b")", 1)[1].split()[19])  # after "(comm)" the fields start at field 3
+
+
+def process_handle(pid: int) -> dict:
+    """What identifies a process for good: its pid and start time (a pid alone is reused)."""
+    return {"pid": pid, "started": started(pid)}
 
 
 def _ours(handle: dict | None):
     """The psutil.Process the handle names, if it still runs (not a zombie) and is the same process:
-    same pid and creation time. A handle without a creation time (an older file) is not ours."""
+    same pid and start time. A handle without a start time (an older file) is not ours."""
     import psutil
-    pid, created = (handle or {}).get("pid"), (handle or {}).get("create_time")
+    pid, created = (handle or {}).get("pid"), (handle or {}).get("started")
     if not isinstance(pid, int) or pid <= 0 or not isinstance(created, (int, float)):
         return None
     child = _CHILDREN.get(pid)
@@ -62,7 +82,7 @@ def _ours(handle: dict | None):
         return None  # our child exited (and is reaped now)
     try:
         proc = psutil.Process(pid)
-        if proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE:
+        if started(pid) != created or proc.status() == psutil.STATUS_ZOMBIE:
             return None
     except psutil.Error:
         return None
